@@ -29,4 +29,9 @@ help: ## Show this help.
 	  /^[a-zA-Z0-9_.-]+:.*?##/ { printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2 } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-include hack/mk/*.mk
+-include hack/mk/*.mk
+
+##@ Test
+
+.PHONY: test
+test: test-go test-proxy test-e2e ## Run every test: unit + integration (real kube-apiserver/etcd), data plane with real peers, e2e on the local cluster.
