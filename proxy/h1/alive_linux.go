@@ -1,0 +1,34 @@
+//go:build linux
+
+package h1
+
+import (
+	"net"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// alive reports whether an idle connection is still open and has no unexpected bytes waiting, with one non-blocking
+// MSG_PEEK receive.
+func alive(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok = true
+	err = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		ok = errno == unix.EAGAIN || errno == unix.EINTR
+		_ = n
+		return true
+	})
+	return err == nil && ok
+}

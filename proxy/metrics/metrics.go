@@ -1,0 +1,293 @@
+// Package metrics defines the proxy's Prometheus series, Linkerd-compatible golden signals among them. Label sets are
+// resolved once per service, route or connection class into cached children, so the request path only increments
+// counters and observes histograms.
+package metrics
+
+import (
+	"errors"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Direction label values.
+const (
+	Inbound  = "inbound"
+	Outbound = "outbound"
+)
+
+// LatencyBucketsMs are response_latency_ms buckets, the same as Linkerd's.
+var LatencyBucketsMs = []float64{1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000,
+	4000, 5000, 10000, 20000, 30000, 40000, 50000}
+
+var (
+	httpLabels     = []string{"direction", "authority", "tls", "dst_namespace", "dst_service", "route", "client_id", "server_id"}
+	responseLabels = append(append([]string{}, httpLabels...), "status_code", "classification")
+	latencyLabels  = append(append([]string{}, httpLabels...), "status_code")
+	tcpLabels      = []string{"direction", "tls", "dst_namespace", "dst_service", "client_id", "server_id"}
+	closeLabels    = append(append([]string{}, tcpLabels...), "errno")
+)
+
+// Metrics holds the proxy's collectors and the caches of their children.
+type Metrics struct {
+	// Registry is what /metrics serves.
+	Registry *prometheus.Registry
+
+	requests  *prometheus.CounterVec
+	responses *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	tcpOpen   *prometheus.CounterVec
+	tcpClose  *prometheus.CounterVec
+	tcpConns  *prometheus.GaugeVec
+	tcpRead   *prometheus.CounterVec
+	tcpWrite  *prometheus.CounterVec
+	detect    *prometheus.CounterVec
+	reloads   *prometheus.CounterVec
+	info      *prometheus.GaugeVec
+
+	mu     sync.Mutex
+	routes map[HTTPLabels]*Route
+	tcps   map[TCPLabels]*TCP
+}
+
+// New registers the proxy's series, plus the Go runtime and process collectors, in a new registry.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "request_total",
+			Help: "HTTP requests received by the proxy."}, httpLabels),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "response_total",
+			Help: "HTTP responses sent by the proxy, by status code and classification (success or failure)."},
+			responseLabels),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "response_latency_ms",
+			Help:    "Time from receiving a request to receiving the response headers, in milliseconds.",
+			Buckets: LatencyBucketsMs}, latencyLabels),
+		tcpOpen: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_open_total",
+			Help: "TCP connections opened."}, tcpLabels),
+		tcpClose: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_close_total",
+			Help: "TCP connections closed, by errno (empty for a clean close)."}, closeLabels),
+		tcpConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tcp_open_connections",
+			Help: "TCP connections currently open."}, tcpLabels),
+		tcpRead: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_read_bytes_total",
+			Help: "Bytes read from clients (the peer that opened the connection)."}, tcpLabels),
+		tcpWrite: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_write_bytes_total",
+			Help: "Bytes written to clients (the peer that opened the connection)."}, tcpLabels),
+		detect: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "protocol_detect_total",
+			Help: "Protocol detection results: http1, http2, tls, opaque, timeout, closed, or skipped (opaque port)."},
+			[]string{"direction", "result"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "config_reload_total",
+			Help: "Configuration loads: success, unchanged (same hash, ignored) or failure (last good kept)."},
+			[]string{"result"}),
+		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "config_info",
+			Help: "The running configuration: 1 for its version and hash."}, []string{"version", "hash"}),
+		routes: map[HTTPLabels]*Route{},
+		tcps:   map[TCPLabels]*TCP{},
+	}
+	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.tcpOpen, m.tcpClose, m.tcpConns, m.tcpRead,
+		m.tcpWrite, m.detect, m.reloads, m.info,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// HTTPLabels identify an HTTP traffic class: a route of a service in one direction.
+type HTTPLabels struct {
+	Direction, Authority, TLS, DstNamespace, DstService, Route, ClientID, ServerID string
+}
+
+func (l HTTPLabels) values() []string {
+	return []string{l.Direction, l.Authority, l.TLS, l.DstNamespace, l.DstService, l.Route, l.ClientID, l.ServerID}
+}
+
+// Route records requests and responses of one HTTP traffic class.
+type Route struct {
+	requests  prometheus.Counter
+	responses *prometheus.CounterVec
+	latency   prometheus.ObserverVec
+	statuses  [600]atomic.Pointer[status]
+}
+
+type status struct {
+	success, failure prometheus.Counter
+	latency          prometheus.Observer
+}
+
+// Route returns the cached recorder for l, creating it on first use. Call it when compiling a snapshot or opening a
+// connection, not per request.
+func (m *Metrics) Route(l HTTPLabels) *Route {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r, ok := m.routes[l]; ok {
+		return r
+	}
+	v := l.values()
+	r := &Route{
+		requests:  m.requests.WithLabelValues(v...),
+		responses: m.responses.MustCurryWith(curry(httpLabels, v)),
+		latency:   m.latency.MustCurryWith(curry(httpLabels, v)),
+	}
+	m.routes[l] = r
+	return r
+}
+
+func curry(names, values []string) prometheus.Labels {
+	l := make(prometheus.Labels, len(names))
+	for i, n := range names {
+		l[n] = values[i]
+	}
+	return l
+}
+
+// Request counts one request.
+func (r *Route) Request() { r.requests.Inc() }
+
+// Response counts one response with its status code and whether it failed (5xx, or a gRPC error status), and
+// observes the latency to its headers. Codes outside 100-599 are recorded as 0.
+func (r *Route) Response(code int, failed bool, latency time.Duration) {
+	if code < 100 || code >= len(r.statuses) {
+		code = 0
+	}
+	s := r.statuses[code].Load()
+	if s == nil {
+		c := strconv.Itoa(code)
+		s = &status{
+			success: r.responses.WithLabelValues(c, "success"),
+			failure: r.responses.WithLabelValues(c, "failure"),
+			latency: r.latency.WithLabelValues(c),
+		}
+		if !r.statuses[code].CompareAndSwap(nil, s) {
+			s = r.statuses[code].Load()
+		}
+	}
+	if failed {
+		s.failure.Inc()
+	} else {
+		s.success.Inc()
+	}
+	s.latency.Observe(float64(latency) / float64(time.Millisecond))
+}
+
+// TCPLabels identify a class of TCP connections.
+type TCPLabels struct {
+	Direction, TLS, DstNamespace, DstService, ClientID, ServerID string
+}
+
+// TCP records connections of one class.
+type TCP struct {
+	open  prometheus.Counter
+	conns prometheus.Gauge
+	// Read counts bytes read from the client; Write counts bytes written to it.
+	Read, Write prometheus.Counter
+	closes      *prometheus.CounterVec
+	mu          sync.Mutex
+	byErrno     map[string]prometheus.Counter
+}
+
+// TCP returns the cached recorder for l, creating it on first use.
+func (m *Metrics) TCP(l TCPLabels) *TCP {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t, ok := m.tcps[l]; ok {
+		return t
+	}
+	v := []string{l.Direction, l.TLS, l.DstNamespace, l.DstService, l.ClientID, l.ServerID}
+	t := &TCP{
+		open:    m.tcpOpen.WithLabelValues(v...),
+		conns:   m.tcpConns.WithLabelValues(v...),
+		Read:    m.tcpRead.WithLabelValues(v...),
+		Write:   m.tcpWrite.WithLabelValues(v...),
+		closes:  m.tcpClose.MustCurryWith(curry(tcpLabels, v)),
+		byErrno: map[string]prometheus.Counter{},
+	}
+	m.tcps[l] = t
+	return t
+}
+
+// Open counts an opened connection.
+func (t *TCP) Open() {
+	t.open.Inc()
+	t.conns.Inc()
+}
+
+// Close counts a closed connection and the error that ended it (nil for a clean close).
+func (t *TCP) Close(err error) {
+	t.conns.Dec()
+	e := Errno(err)
+	t.mu.Lock()
+	c, ok := t.byErrno[e]
+	if !ok {
+		c = t.closes.WithLabelValues(e)
+		t.byErrno[e] = c
+	}
+	t.mu.Unlock()
+	c.Inc()
+}
+
+// Errno names the error that closed a connection: "" for none, the errno name (ECONNRESET, EPIPE, …), ETIMEDOUT for
+// a deadline, or "EOTHER".
+func Errno(err error) string {
+	if err == nil {
+		return ""
+	}
+	var en syscall.Errno
+	switch {
+	case errors.As(err, &en):
+		return errnoName(en)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "ETIMEDOUT"
+	}
+	return "EOTHER"
+}
+
+func errnoName(en syscall.Errno) string {
+	switch en {
+	case syscall.ECONNRESET:
+		return "ECONNRESET"
+	case syscall.EPIPE:
+		return "EPIPE"
+	case syscall.ECONNREFUSED:
+		return "ECONNREFUSED"
+	case syscall.ETIMEDOUT:
+		return "ETIMEDOUT"
+	case syscall.EHOSTUNREACH:
+		return "EHOSTUNREACH"
+	case syscall.ENETUNREACH:
+		return "ENETUNREACH"
+	}
+	return "EOTHER"
+}
+
+// Detector counts protocol detection results for one direction.
+type Detector struct {
+	byResult map[string]prometheus.Counter
+}
+
+// Detector returns the detection counters for direction, with every result precreated.
+func (m *Metrics) Detector(direction string) *Detector {
+	d := &Detector{byResult: map[string]prometheus.Counter{}}
+	for _, r := range []string{"http1", "http2", "tls", "opaque", "timeout", "closed", "skipped"} {
+		d.byResult[r] = m.detect.WithLabelValues(direction, r)
+	}
+	return d
+}
+
+// Count counts one result ("http1", "http2", "tls", "opaque", "timeout", "closed" or "skipped").
+func (d *Detector) Count(result string) {
+	if c, ok := d.byResult[result]; ok {
+		c.Inc()
+	}
+}
+
+// Reload counts a configuration load: "success", "unchanged" or "failure".
+func (m *Metrics) Reload(result string) { m.reloads.WithLabelValues(result).Inc() }
+
+// SetConfig publishes the running configuration's version and hash in config_info.
+func (m *Metrics) SetConfig(version, hash string) {
+	m.info.Reset()
+	m.info.WithLabelValues(version, hash).Set(1)
+}

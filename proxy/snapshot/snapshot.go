@@ -1,0 +1,354 @@
+// Package snapshot compiles a validated proxyconfig document into an immutable Snapshot that the request path reads
+// without locks, and holds the current one in a Store that is swapped atomically on reload.
+package snapshot
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxyconfig"
+	"github.com/trellis-mesh/trellis/proxy/balance"
+	"github.com/trellis-mesh/trellis/proxy/balance/random"
+	"github.com/trellis-mesh/trellis/proxy/balance/roundrobin"
+	"github.com/trellis-mesh/trellis/proxy/metrics"
+)
+
+// Snapshot is one compiled configuration. It is never modified after Compile returns; requests keep using the
+// snapshot they started with while a newer one is swapped in.
+type Snapshot struct {
+	// Version and Hash identify the document this snapshot was compiled from.
+	Version, Hash string
+	// LoadedAt is when the snapshot was compiled.
+	LoadedAt time.Time
+	// Source lists the files the document was read from.
+	Source []string
+	// DetectTimeout, ConnectTimeout, RequestTimeout, TCPIdleTimeout and HTTPIdleTimeout are the document's defaults.
+	DetectTimeout, ConnectTimeout, RequestTimeout, TCPIdleTimeout, HTTPIdleTimeout time.Duration
+
+	services map[netip.AddrPort]*Service
+	inbound  map[uint16]*InboundPort
+	opaque   map[uint16]bool
+}
+
+// Service is a compiled service port.
+type Service struct {
+	// Name and Namespace identify the Kubernetes Service.
+	Name, Namespace string
+	// Authority is "<name>.<namespace>.svc.<clusterDomain>:<port>", the authority label of its metrics.
+	Authority string
+	// Opaque is true when the service's protocol hint is "opaque": its connections skip detection.
+	Opaque bool
+	// Routes are tried in order; Default serves requests that match none, and every TCP connection.
+	Routes []*Route
+	// Default is the service-level route (its backends with their weights, route label "").
+	Default *Route
+	// TCP records the service's outbound TCP connections.
+	TCP *metrics.TCP
+}
+
+// Route is a compiled HTTP route.
+type Route struct {
+	// Name is the route's name (the metrics "route" label).
+	Name string
+	// Timeout bounds the time to response headers; 0 means none.
+	Timeout time.Duration
+	// Metrics records the route's requests and responses.
+	Metrics *metrics.Route
+
+	matches  []match
+	backends []*Backend
+	cumul    []uint64 // cumulative weights of backends
+	randN    func(uint64) uint64
+}
+
+// Backend is a compiled backend: a weighted set of endpoints behind a Picker.
+type Backend struct {
+	// Name and Namespace identify the leaf service.
+	Name, Namespace string
+	// Picker chooses among Endpoints.
+	Picker balance.Picker
+	// Endpoints are the backend's endpoints.
+	Endpoints []*balance.Endpoint
+}
+
+// InboundPort is a compiled inbound port.
+type InboundPort struct {
+	// Port is the application port.
+	Port uint16
+	// Name is the port's name.
+	Name string
+	// Opaque is true when the port's protocol hint is "opaque".
+	Opaque bool
+	// DefaultPolicy is the port's default authorization policy (not enforced yet).
+	DefaultPolicy string
+}
+
+// Request is what route matching reads from an HTTP request. Implementations must not allocate.
+type Request interface {
+	Method() string
+	Path() string
+	// Header returns the first value of the header named by a lowercase name.
+	Header(lowerName string) (string, bool)
+}
+
+// Service returns the service for a destination, or nil for an unknown destination.
+func (s *Snapshot) Service(dst netip.AddrPort) *Service {
+	return s.services[netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())]
+}
+
+// Inbound returns the settings of an inbound port, or nil when the document has none for it.
+func (s *Snapshot) Inbound(port uint16) *InboundPort { return s.inbound[port] }
+
+// OpaquePort reports whether port is listed in opaquePorts.
+func (s *Snapshot) OpaquePort(port uint16) bool { return s.opaque[port] }
+
+// Route returns the first route that matches r, or the service's Default route.
+func (svc *Service) Route(r Request) *Route {
+	for _, rt := range svc.Routes {
+		if rt.Matches(r) {
+			return rt
+		}
+	}
+	return svc.Default
+}
+
+// Matches reports whether r matches the route (a route without matches matches everything).
+func (rt *Route) Matches(r Request) bool {
+	if len(rt.matches) == 0 {
+		return true
+	}
+	for i := range rt.matches {
+		if rt.matches[i].matches(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// Backend picks a backend by weight; nil when every weight is 0.
+func (rt *Route) Backend() *Backend {
+	switch n := len(rt.backends); {
+	case n == 0:
+		return nil
+	case n == 1:
+		return rt.backends[0]
+	}
+	total := rt.cumul[len(rt.cumul)-1]
+	if total == 0 {
+		return nil
+	}
+	x := rt.randN(total)
+	for i, c := range rt.cumul {
+		if x < c {
+			return rt.backends[i]
+		}
+	}
+	return rt.backends[len(rt.backends)-1]
+}
+
+type match struct {
+	method   string
+	pathType string
+	path     string
+	pathRE   *regexp.Regexp
+	headers  []headerMatch
+}
+
+type headerMatch struct {
+	name  string
+	value string
+	re    *regexp.Regexp
+}
+
+func (m *match) matches(r Request) bool {
+	if m.method != "" && r.Method() != m.method {
+		return false
+	}
+	if m.pathType != "" {
+		p := r.Path()
+		switch m.pathType {
+		case proxyconfig.MatchExact:
+			if p != m.path {
+				return false
+			}
+		case proxyconfig.MatchPathPrefix:
+			if !pathPrefix(p, m.path) {
+				return false
+			}
+		case proxyconfig.MatchRegularExpression:
+			if !m.pathRE.MatchString(p) {
+				return false
+			}
+		}
+	}
+	for _, h := range m.headers {
+		v, ok := r.Header(h.name)
+		if !ok || (h.re == nil && v != h.value) || (h.re != nil && !h.re.MatchString(v)) {
+			return false
+		}
+	}
+	return true
+}
+
+// pathPrefix matches prefix on path-segment boundaries.
+func pathPrefix(path, prefix string) bool {
+	if prefix == "/" {
+		return true
+	}
+	prefix = strings.TrimSuffix(prefix, "/")
+	return strings.HasPrefix(path, prefix) && (len(path) == len(prefix) || path[len(prefix)] == '/')
+}
+
+// Options are the compiler's collaborators.
+type Options struct {
+	// Metrics provides the per-service and per-route recorders. Required.
+	Metrics *metrics.Metrics
+	// RandN returns a number in [0, n) for weighted backend choice and random balancing. Default math/rand/v2.Uint64N.
+	RandN func(n uint64) uint64
+	// Now returns the current time. Default time.Now.
+	Now func() time.Time
+}
+
+// Compile turns a loaded (defaulted, validated) document into a Snapshot.
+func Compile(l *proxyconfig.Loaded, o Options) (*Snapshot, error) {
+	if o.RandN == nil {
+		o.RandN = rand.Uint64N
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	c := l.Config
+	d := c.Defaults
+	s := &Snapshot{
+		Version: c.Version, Hash: l.Hash, LoadedAt: o.Now(), Source: l.Files,
+		DetectTimeout: d.DetectTimeout.Duration, ConnectTimeout: d.ConnectTimeout.Duration,
+		RequestTimeout: d.RequestTimeout.Duration, TCPIdleTimeout: d.TCPIdleTimeout.Duration,
+		HTTPIdleTimeout: d.HTTPIdleTimeout.Duration,
+		services: map[netip.AddrPort]*Service{}, inbound: map[uint16]*InboundPort{}, opaque: map[uint16]bool{},
+	}
+	build := roundrobin.New
+	if d.LoadBalancer == proxyconfig.LoadBalancerRandom {
+		build = func(eps []*balance.Endpoint) balance.Picker {
+			return random.NewWithRand(eps, func(n int) int { return int(o.RandN(uint64(n))) })
+		}
+	}
+	for i := range c.Services {
+		svc, err := compileService(&c.Services[i], c, d, build, o)
+		if err != nil {
+			return nil, fmt.Errorf("services[%d]: %w", i, err)
+		}
+		for _, ip := range c.Services[i].ClusterIPs {
+			a := netip.MustParseAddr(ip).Unmap()
+			s.services[netip.AddrPortFrom(a, uint16(c.Services[i].Port))] = svc
+		}
+	}
+	for _, p := range c.Inbound.Ports {
+		s.inbound[uint16(p.Port)] = &InboundPort{Port: uint16(p.Port), Name: p.Name,
+			Opaque: p.Protocol == proxyconfig.ProtocolOpaque, DefaultPolicy: p.DefaultPolicy}
+	}
+	for _, p := range c.OpaquePorts {
+		s.opaque[uint16(p)] = true
+	}
+	return s, nil
+}
+
+func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconfig.Defaults, build balance.Builder,
+	o Options) (*Service, error) {
+	svc := &Service{
+		Name: cs.Name, Namespace: cs.Namespace, Opaque: cs.Protocol == proxyconfig.ProtocolOpaque,
+		Authority: fmt.Sprintf("%s.%s.svc.%s:%d", cs.Name, cs.Namespace, c.ClusterDomain, cs.Port),
+	}
+	svc.TCP = o.Metrics.TCP(metrics.TCPLabels{Direction: metrics.Outbound, TLS: "false",
+		DstNamespace: cs.Namespace, DstService: cs.Name})
+	backends := map[string]*Backend{}
+	var all []*Backend
+	var weights []int32
+	for _, b := range cs.Backends {
+		eps := make([]*balance.Endpoint, 0, len(b.Endpoints))
+		for _, e := range b.Endpoints {
+			eps = append(eps, &balance.Endpoint{Addr: netip.MustParseAddrPort(e.Address), Identity: e.Identity, Zone: e.Zone})
+		}
+		cb := &Backend{Name: b.Name, Namespace: b.Namespace, Picker: build(eps), Endpoints: eps}
+		backends[b.Name] = cb
+		all = append(all, cb)
+		weights = append(weights, *b.Weight)
+	}
+	newRoute := func(name string, timeout time.Duration, bs []*Backend, ws []int32) *Route {
+		rt := &Route{Name: name, Timeout: timeout, backends: bs, randN: o.RandN}
+		var sum uint64
+		for _, w := range ws {
+			sum += uint64(w)
+			rt.cumul = append(rt.cumul, sum)
+		}
+		rt.Metrics = o.Metrics.Route(metrics.HTTPLabels{Direction: metrics.Outbound, Authority: svc.Authority,
+			TLS: "false", DstNamespace: cs.Namespace, DstService: cs.Name, Route: name})
+		return rt
+	}
+	svc.Default = newRoute("", d.RequestTimeout.Duration, all, weights)
+	for _, r := range cs.Routes {
+		bs, ws := all, weights
+		if len(r.Backends) > 0 {
+			bs, ws = nil, nil
+			for _, ref := range r.Backends {
+				bs = append(bs, backends[ref.Name])
+				ws = append(ws, *ref.Weight)
+			}
+		}
+		timeout := d.RequestTimeout.Duration
+		if r.Timeout != nil {
+			timeout = r.Timeout.Duration
+		}
+		rt := newRoute(r.Name, timeout, bs, ws)
+		for _, m := range r.Matches {
+			cm, err := compileMatch(m)
+			if err != nil {
+				return nil, fmt.Errorf("route %q: %w", r.Name, err)
+			}
+			rt.matches = append(rt.matches, cm)
+		}
+		svc.Routes = append(svc.Routes, rt)
+	}
+	return svc, nil
+}
+
+func compileMatch(m proxyconfig.Match) (match, error) {
+	cm := match{method: m.Method}
+	if m.Path != nil {
+		cm.pathType, cm.path = m.Path.Type, m.Path.Value
+		if m.Path.Type == proxyconfig.MatchRegularExpression {
+			re, err := regexp.Compile("^(?:" + m.Path.Value + ")$")
+			if err != nil {
+				return cm, err
+			}
+			cm.pathRE = re
+		}
+	}
+	for _, h := range m.Headers {
+		hm := headerMatch{name: strings.ToLower(h.Name), value: h.Value}
+		if h.Type == proxyconfig.MatchRegularExpression {
+			re, err := regexp.Compile("^(?:" + h.Value + ")$")
+			if err != nil {
+				return cm, err
+			}
+			hm.re = re
+		}
+		cm.headers = append(cm.headers, hm)
+	}
+	return cm, nil
+}
+
+// Store holds the current Snapshot. Load is a single atomic read, safe from any goroutine.
+type Store struct {
+	p atomic.Pointer[Snapshot]
+}
+
+// Load returns the current snapshot, nil before the first Swap.
+func (s *Store) Load() *Snapshot { return s.p.Load() }
+
+// Swap installs next and returns the previous snapshot.
+func (s *Store) Swap(next *Snapshot) *Snapshot { return s.p.Swap(next) }
