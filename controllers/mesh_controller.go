@@ -1,0 +1,218 @@
+// Package controllers holds the MeshReconciler, the single reconciler that turns Mesh, MeshPolicy and
+// TrafficSplit objects into the objects a mesh needs, and reports what it did in their status.
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
+	"github.com/trellis-mesh/trellis/internal/validation"
+)
+
+// FieldOwner is the field manager of every object and status the manager writes.
+const FieldOwner = "trellis-manager"
+
+// MeshReconciler reconciles a Mesh: it reads a snapshot of the mesh and everything it selects, renders the
+// objects the mesh needs, applies them, and writes the Mesh's status once.
+type MeshReconciler struct {
+	// Client reads from the manager's cache and writes to the API server.
+	Client client.Client
+	// Recorder emits Events on user-facing failures; nil disables them.
+	Recorder events.EventRecorder
+}
+
+// meshScope is the state of one reconcile: the Mesh as read, the snapshot, and the status being built.
+type meshScope struct {
+	mesh       *meshv1alpha1.Mesh
+	original   *meshv1alpha1.Mesh
+	namespaces []string
+}
+
+// phase is one ordered step of a reconcile. It records its outcome in the scope's status; an error aborts the
+// reconcile and is retried with backoff.
+type phase func(ctx context.Context, s *meshScope) error
+
+// +kubebuilder:rbac:groups=mesh.trellis.io,resources=meshes;meshpolicies;trafficsplits,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mesh.trellis.io,resources=meshes/status;meshpolicies/status;trafficsplits/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile brings one Mesh to its desired state and writes its status once, in a deferred step, only when the
+// status changed.
+func (r *MeshReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, err error) {
+	log := ctrl.LoggerFrom(ctx)
+	mesh := &meshv1alpha1.Mesh{}
+	if err := r.Client.Get(ctx, req.NamespacedName, mesh); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !mesh.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	s := &meshScope{mesh: mesh, original: mesh.DeepCopy()}
+	defer func() {
+		if perr := r.writeStatus(ctx, s); perr != nil && err == nil {
+			err = perr
+		}
+	}()
+	for _, run := range []phase{r.validate, r.selectNamespaces} {
+		if err := run(ctx, s); err != nil {
+			log.Error(err, "Reconcile phase failed", "mesh", klog.KObj(mesh))
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// validate checks the cross-field rules the API server cannot check and sets Accepted accordingly.
+func (r *MeshReconciler) validate(_ context.Context, s *meshScope) error {
+	m := s.mesh
+	if errs := validation.Mesh(m); len(errs) > 0 {
+		msg := errs.ToAggregate().Error()
+		setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionAccepted, false, meshv1alpha1.ReasonInvalidSpec, msg)
+		r.event(m, corev1.EventTypeWarning, meshv1alpha1.ReasonInvalidSpec, msg)
+		return nil
+	}
+	setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionAccepted, true, meshv1alpha1.ReasonAccepted, "The Mesh is valid")
+	return nil
+}
+
+// selectNamespaces finds the namespaces the mesh owns. A namespace an older Mesh already selects stays with that
+// Mesh; the conflict is reported in Accepted with the namespaces and the other Mesh named.
+func (r *MeshReconciler) selectNamespaces(ctx context.Context, s *meshScope) error {
+	m := s.mesh
+	var nsList corev1.NamespaceList
+	if err := r.Client.List(ctx, &nsList); err != nil {
+		return fmt.Errorf("listing namespaces: %w", err)
+	}
+	var meshes meshv1alpha1.MeshList
+	if err := r.Client.List(ctx, &meshes); err != nil {
+		return fmt.Errorf("listing meshes: %w", err)
+	}
+	owned, taken := namespaceClaims(m, meshes.Items, nsList.Items)
+	s.namespaces = owned
+	m.Status.MeshedNamespaces = int32(len(owned))
+	if len(taken) > 0 && isAccepted(m) {
+		msg := conflictMessage(taken)
+		setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionAccepted, false, meshv1alpha1.ReasonNamespaceConflict, msg)
+		r.event(m, corev1.EventTypeWarning, meshv1alpha1.ReasonNamespaceConflict, msg)
+	}
+	return nil
+}
+
+func isAccepted(m *meshv1alpha1.Mesh) bool {
+	return meta.IsStatusConditionTrue(m.Status.Conditions, meshv1alpha1.ConditionAccepted)
+}
+
+// conflictMessage tells the user which namespaces another Mesh owns and how to resolve it.
+func conflictMessage(taken map[string]string) string {
+	byMesh := map[string][]string{}
+	for ns, owner := range taken {
+		byMesh[owner] = append(byMesh[owner], ns)
+	}
+	owners := make([]string, 0, len(byMesh))
+	for owner := range byMesh {
+		owners = append(owners, owner)
+	}
+	sort.Strings(owners)
+	parts := make([]string, 0, len(owners))
+	for _, owner := range owners {
+		sort.Strings(byMesh[owner])
+		parts = append(parts, fmt.Sprintf("%s already belong to the older Mesh %q", strings.Join(byMesh[owner], ", "), owner))
+	}
+	return "Namespaces " + strings.Join(parts, "; ") + ": they are left out of this Mesh. " +
+		"Narrow spec.namespaceSelector so that every namespace belongs to one Mesh."
+}
+
+// writeStatus computes Ready and the counts, and patches the status when it changed. A steady state writes nothing.
+func (r *MeshReconciler) writeStatus(ctx context.Context, s *meshScope) error {
+	m := s.mesh
+	m.Status.ObservedGeneration = m.Generation
+	m.Status.Proxies.Summary = fmt.Sprintf("%d/%d", m.Status.Proxies.Ready, m.Status.Proxies.Desired)
+	reason, message, ok := runChain(m.Status.Conditions, conditionTrue(meshv1alpha1.ConditionAccepted))
+	if ok {
+		reason = meshv1alpha1.ReasonReady
+		message = fmt.Sprintf("The Mesh covers %d namespace(s)", len(s.namespaces))
+		if len(s.namespaces) == 0 {
+			message += "; label a namespace trellis.io/inject=enabled (or match spec.namespaceSelector) to adopt it"
+		}
+	}
+	setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionReady, ok, reason, message)
+	if equality.Semantic.DeepEqual(s.original.Status, m.Status) {
+		return nil
+	}
+	if err := r.Client.Status().Patch(ctx, m, client.MergeFrom(s.original), client.FieldOwner(FieldOwner)); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("writing Mesh status: %w", err)
+	}
+	return nil
+}
+
+func (r *MeshReconciler) event(m *meshv1alpha1.Mesh, eventType, reason, note string) {
+	if r.Recorder == nil {
+		return
+	}
+	r.Recorder.Eventf(m, nil, eventType, reason, "Reconcile", "%s", note)
+}
+
+// SetupWithManager registers the reconciler and its watches: Meshes, and Namespaces mapped to every Mesh (a label
+// change can move a namespace into or out of any mesh). A Mesh event also requeues the other Meshes, whose
+// namespace conflicts depend on it.
+func (r *MeshReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Recorder == nil {
+		r.Recorder = mgr.GetEventRecorder("trellis-manager")
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("mesh").
+		For(&meshv1alpha1.Mesh{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&meshv1alpha1.Mesh{}, handler.EnqueueRequestsFromMapFunc(r.allMeshes),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.allMeshes),
+			builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, namespacePhaseChanged()))).
+		Complete(r)
+}
+
+// namespacePhaseChanged passes namespace creations, deletions and phase changes (a namespace that starts
+// terminating leaves its mesh).
+func namespacePhaseChanged() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			oldNs, okOld := e.ObjectOld.(*corev1.Namespace)
+			newNs, okNew := e.ObjectNew.(*corev1.Namespace)
+			return okOld && okNew && oldNs.Status.Phase != newNs.Status.Phase
+		},
+	}
+}
+
+// allMeshes maps any event to a request for every Mesh.
+func (r *MeshReconciler) allMeshes(ctx context.Context, _ client.Object) []reconcile.Request {
+	var meshes meshv1alpha1.MeshList
+	if err := r.Client.List(ctx, &meshes); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Listing meshes to requeue failed")
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(meshes.Items))
+	for i := range meshes.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: meshes.Items[i].Name}})
+	}
+	return reqs
+}
