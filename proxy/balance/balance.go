@@ -12,10 +12,17 @@ import (
 type Endpoint struct {
 	// Addr is the endpoint's IP and port.
 	Addr netip.AddrPort
+	// HostPort is Addr formatted as "ip:port" ("[ip]:port" for IPv6), computed once by NewEndpoint.
+	HostPort string
 	// Identity is the SPIFFE ID the endpoint must present in mTLS; empty for an unmeshed endpoint.
 	Identity string
 	// Zone is the endpoint's topology zone; empty when unknown.
 	Zone string
+}
+
+// NewEndpoint returns an Endpoint with HostPort filled in.
+func NewEndpoint(addr netip.AddrPort, identity, zone string) *Endpoint {
+	return &Endpoint{Addr: addr, HostPort: addr.String(), Identity: identity, Zone: zone}
 }
 
 // DoneInfo reports how a picked endpoint served a request or connection.

@@ -39,7 +39,11 @@ var _ Connector = Plain{}
 // Connect dials ep.Addr over TCP.
 func (p Plain) Connect(ctx context.Context, ep *balance.Endpoint) (net.Conn, error) {
 	d := net.Dialer{Timeout: p.Timeout}
-	return d.DialContext(ctx, "tcp", ep.Addr.String())
+	addr := ep.HostPort
+	if addr == "" {
+		addr = ep.Addr.String()
+	}
+	return d.DialContext(ctx, "tcp", addr)
 }
 
 // Peer is what the inbound side knows about the client after the handshake.

@@ -229,7 +229,7 @@ func Compile(l *proxyconfig.Loaded, o Options) (*Snapshot, error) {
 		DetectTimeout: d.DetectTimeout.Duration, ConnectTimeout: d.ConnectTimeout.Duration,
 		RequestTimeout: d.RequestTimeout.Duration, TCPIdleTimeout: d.TCPIdleTimeout.Duration,
 		HTTPIdleTimeout: d.HTTPIdleTimeout.Duration,
-		services: map[netip.AddrPort]*Service{}, inbound: map[uint16]*InboundPort{}, opaque: map[uint16]bool{},
+		services:        map[netip.AddrPort]*Service{}, inbound: map[uint16]*InboundPort{}, opaque: map[uint16]bool{},
 	}
 	build := roundrobin.New
 	if d.LoadBalancer == proxyconfig.LoadBalancerRandom {
@@ -271,7 +271,7 @@ func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconf
 	for _, b := range cs.Backends {
 		eps := make([]*balance.Endpoint, 0, len(b.Endpoints))
 		for _, e := range b.Endpoints {
-			eps = append(eps, &balance.Endpoint{Addr: netip.MustParseAddrPort(e.Address), Identity: e.Identity, Zone: e.Zone})
+			eps = append(eps, balance.NewEndpoint(netip.MustParseAddrPort(e.Address), e.Identity, e.Zone))
 		}
 		cb := &Backend{Name: b.Name, Namespace: b.Namespace, Picker: build(eps), Endpoints: eps}
 		backends[b.Name] = cb

@@ -1,0 +1,567 @@
+// Package proxy is the Trellis data-plane proxy: it accepts connections redirected to its outbound and inbound
+// listeners, recovers their original destinations, detects their protocol and forwards them as HTTP/1, HTTP/2 or
+// opaque TCP, according to the configuration snapshot current when each connection or request starts.
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/trellis-mesh/trellis/proxy/authz"
+	"github.com/trellis-mesh/trellis/proxy/balance"
+	"github.com/trellis-mesh/trellis/proxy/detect"
+	"github.com/trellis-mesh/trellis/proxy/h1"
+	"github.com/trellis-mesh/trellis/proxy/h2"
+	"github.com/trellis-mesh/trellis/proxy/metrics"
+	"github.com/trellis-mesh/trellis/proxy/mtls"
+	"github.com/trellis-mesh/trellis/proxy/origdst"
+	"github.com/trellis-mesh/trellis/proxy/snapshot"
+	"github.com/trellis-mesh/trellis/proxy/tcp"
+)
+
+// Default ports.
+const (
+	DefaultOutboundPort = 4140
+	DefaultInboundPort  = 4143
+	DefaultAdminPort    = 4191
+)
+
+// Options configure a Proxy.
+type Options struct {
+	// Store holds the configuration snapshot. Required; it must hold a snapshot before traffic arrives.
+	Store *snapshot.Store
+	// Metrics records traffic. Required.
+	Metrics *metrics.Metrics
+	// Log receives connection failures at debug level. Default slog.Default().
+	Log *slog.Logger
+	// OriginalDst recovers a redirected connection's destination. Default origdst.Get; tests inject their own.
+	OriginalDst func(net.Conn) (netip.AddrPort, error)
+	// OwnPorts are the proxy's own listener ports: a connection whose original destination is one of them on a local
+	// address is a redirect loop and is refused. Default 4140, 4143, 4191.
+	OwnPorts []uint16
+	// Connector opens upstream connections. Default mtls.Plain with the snapshot's connect timeout at start.
+	Connector mtls.Connector
+	// Terminator terminates mesh TLS on inbound connections that begin with a ClientHello. Default nil: TLS is
+	// forwarded untouched as opaque TCP.
+	Terminator mtls.Terminator
+	// Authorizer decides inbound connections and requests. Default authz.AllowAll.
+	Authorizer authz.Authorizer
+	// InboundHost is the application's address for inbound traffic. Default 127.0.0.1 (::1 for IPv6 destinations).
+	InboundHost netip.Addr
+	// MaxAuthorities bounds distinct inbound authority labels; further Host values share the label "other".
+	// Default 256.
+	MaxAuthorities int
+}
+
+// Proxy forwards the connections its listeners accept.
+type Proxy struct {
+	o        Options
+	pool     *h1.Pool
+	h1       *h1.Server
+	h2       *h2.Server
+	detectIn *metrics.Detector
+	detectOu *metrics.Detector
+	inTCP    *metrics.TCP
+	unknown  *metrics.TCP
+	unknownR *metrics.Route
+
+	draining atomic.Bool
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	lns      []net.Listener
+
+	authMu      sync.RWMutex
+	authorities map[string]*metrics.Route
+}
+
+// New returns a Proxy.
+func New(o Options) *Proxy {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.OriginalDst == nil {
+		o.OriginalDst = origdst.Get
+	}
+	if o.OwnPorts == nil {
+		o.OwnPorts = []uint16{DefaultOutboundPort, DefaultInboundPort, DefaultAdminPort}
+	}
+	if o.Authorizer == nil {
+		o.Authorizer = authz.AllowAll{}
+	}
+	if !o.InboundHost.IsValid() {
+		o.InboundHost = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	if o.MaxAuthorities == 0 {
+		o.MaxAuthorities = 256
+	}
+	idle := 90 * time.Second
+	if o.Connector == nil {
+		timeout := time.Second
+		if s := o.Store.Load(); s != nil {
+			timeout, idle = s.ConnectTimeout, s.HTTPIdleTimeout
+		}
+		o.Connector = mtls.Plain{Timeout: timeout}
+	}
+	p := &Proxy{
+		o:           o,
+		pool:        &h1.Pool{Connector: o.Connector, IdleTimeout: idle},
+		detectIn:    o.Metrics.Detector(metrics.Inbound),
+		detectOu:    o.Metrics.Detector(metrics.Outbound),
+		inTCP:       o.Metrics.TCP(metrics.TCPLabels{Direction: metrics.Inbound, TLS: "false"}),
+		unknown:     o.Metrics.TCP(metrics.TCPLabels{Direction: metrics.Outbound, TLS: "false"}),
+		unknownR:    o.Metrics.Route(metrics.HTTPLabels{Direction: metrics.Outbound, TLS: "false"}),
+		conns:       map[net.Conn]struct{}{},
+		authorities: map[string]*metrics.Route{},
+	}
+	p.h1 = &h1.Server{Pool: p.pool, IdleTimeout: idle, Log: o.Log}
+	p.h2 = h2.NewServer(h2.Options{Connector: o.Connector, IdleTimeout: idle, Log: o.Log})
+	return p
+}
+
+// Direction selects a listener's role.
+type Direction int
+
+// Listener roles.
+const (
+	// Outbound serves connections the workload opens (redirected to 4140).
+	Outbound Direction = iota
+	// Inbound serves connections to the workload (redirected to 4143).
+	Inbound
+)
+
+// Serve accepts connections on ln until ln is closed or Shutdown runs. It returns nil after Shutdown.
+func (p *Proxy) Serve(ln net.Listener, d Direction) error {
+	p.mu.Lock()
+	if p.draining.Load() {
+		p.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	p.lns = append(p.lns, ln)
+	p.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if p.draining.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Temporary failures such as EMFILE: back off and keep serving.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			p.o.Log.Warn("Accept failed", "error", err, "retryIn", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if !p.track(c, true) {
+				c.Close()
+				return
+			}
+			defer p.track(c, false)
+			if d == Outbound {
+				p.serveOutbound(c)
+			} else {
+				p.serveInbound(c)
+			}
+		}()
+	}
+}
+
+func (p *Proxy) track(c net.Conn, add bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		if p.draining.Load() {
+			return false
+		}
+		p.conns[c] = struct{}{}
+	} else {
+		delete(p.conns, c)
+	}
+	return true
+}
+
+// Draining reports whether Shutdown has started.
+func (p *Proxy) Draining() bool { return p.draining.Load() }
+
+// Shutdown stops accepting, lets in-flight requests finish (HTTP/1 connections close after their current response,
+// HTTP/2 connections get GOAWAY), and when ctx ends closes whatever is still open. It returns when every connection
+// has ended.
+func (p *Proxy) Shutdown(ctx context.Context) {
+	p.mu.Lock()
+	p.draining.Store(true)
+	for _, ln := range p.lns {
+		ln.Close()
+	}
+	p.mu.Unlock()
+	p.h1.Shutdown()
+	h2done := make(chan struct{})
+	go func() { p.h2.Shutdown(ctx); close(h2done) }()
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		p.mu.Lock()
+		for c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		<-done
+	}
+	<-h2done
+	p.pool.CloseIdle()
+	p.h2.CloseIdle()
+}
+
+// ReapIdle closes upstream connections idle beyond the idle timeout; call it periodically.
+func (p *Proxy) ReapIdle() { p.pool.Reap() }
+
+// Active returns the number of open client connections.
+func (p *Proxy) Active() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
+// destination recovers c's original destination and refuses redirect loops.
+func (p *Proxy) destination(c net.Conn) (netip.AddrPort, bool) {
+	dst, err := p.o.OriginalDst(c)
+	if err != nil {
+		// Not redirected: the client dialled the proxy's port itself.
+		if la, ok := c.LocalAddr().(*net.TCPAddr); ok {
+			dst = la.AddrPort()
+		}
+	}
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	if p.isLoop(c, dst) {
+		p.o.Log.Debug("Refused connection looping into the proxy", "dst", dst, "client", c.RemoteAddr())
+		return dst, false
+	}
+	return dst, true
+}
+
+func (p *Proxy) isLoop(c net.Conn, dst netip.AddrPort) bool {
+	if !dst.IsValid() {
+		return true
+	}
+	own := false
+	for _, port := range p.o.OwnPorts {
+		own = own || dst.Port() == port
+	}
+	if !own {
+		return false
+	}
+	a := dst.Addr()
+	if a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	if la, ok := c.LocalAddr().(*net.TCPAddr); ok && la.AddrPort().Addr().Unmap() == a {
+		return true
+	}
+	return false
+}
+
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+
+func getReader(c net.Conn) *bufio.Reader {
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(c)
+	return br
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readers.Put(br)
+}
+
+// countedConn counts bytes moved with the client in the connection's TCP metrics.
+type countedConn struct {
+	net.Conn
+	m *metrics.TCP
+}
+
+func (c *countedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.m.Read.Add(float64(n))
+	}
+	return n, err
+}
+
+func (c *countedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		c.m.Write.Add(float64(n))
+	}
+	return n, err
+}
+
+func (c *countedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+func (p *Proxy) serveOutbound(raw net.Conn) {
+	dst, ok := p.destination(raw)
+	if !ok {
+		raw.Close()
+		return
+	}
+	snap := p.o.Store.Load()
+	svc := snap.Service(dst)
+	tm := p.unknown
+	if svc != nil {
+		tm = svc.TCP
+	}
+	tm.Open()
+	c := &countedConn{Conn: raw, m: tm}
+	var closeErr error
+	defer func() { tm.Close(closeErr) }()
+	if svc == nil {
+		// Unknown destination: plain TCP to where the client was going, without detection.
+		p.detectOu.Count("skipped")
+		closeErr = p.forwardTCP(c, nil, balance.NewEndpoint(dst, "", ""), snap)
+		return
+	}
+	br := getReader(c)
+	defer putReader(br)
+	proto := detect.Opaque
+	if svc.Opaque || snap.OpaquePort(dst.Port()) {
+		p.detectOu.Count("skipped")
+	} else {
+		var err error
+		proto, err = detect.Peek(c, br, snap.DetectTimeout)
+		p.detectOu.Count(proto.String())
+		if proto == detect.Closed {
+			closeErr = err
+			c.Close()
+			return
+		}
+	}
+	r := &outboundRouter{p: p, dst: dst, fallback: balance.NewEndpoint(dst, "", "")}
+	switch proto {
+	case detect.HTTP1:
+		p.h1.ServeConn(c, br, r)
+	case detect.HTTP2:
+		p.h2.ServeConn(context.Background(), c, br, h2Outbound{r})
+		c.Close()
+	default:
+		be := svc.Default.Backend()
+		if be == nil {
+			c.Close()
+			return
+		}
+		ep, done, err := be.Picker.Pick()
+		if err != nil {
+			done(balance.DoneInfo{Err: err})
+			c.Close()
+			return
+		}
+		closeErr = p.forwardTCP(c, br, ep, snap)
+		done(balance.DoneInfo{Err: closeErr})
+	}
+}
+
+// forwardTCP connects to ep and relays bytes both ways; br, when set, holds bytes already read from c.
+func (p *Proxy) forwardTCP(c net.Conn, br *bufio.Reader, ep *balance.Endpoint, snap *snapshot.Snapshot) error {
+	up, err := p.o.Connector.Connect(context.Background(), ep)
+	if err != nil {
+		c.Close()
+		return err
+	}
+	o := tcp.Options{IdleTimeout: snap.TCPIdleTimeout}
+	if br != nil {
+		o.ClientReader = br
+	}
+	_, _, err = tcp.Forward(c, up, o)
+	if errors.Is(err, tcp.ErrIdle) || errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// outboundRouter routes the requests of one outbound connection.
+type outboundRouter struct {
+	p        *Proxy
+	dst      netip.AddrPort
+	fallback *balance.Endpoint
+}
+
+func (r *outboundRouter) route(req snapshot.Request) (ep *balance.Endpoint, done func(balance.DoneInfo),
+	rt *snapshot.Route, status int, reason string) {
+	svc := r.p.o.Store.Load().Service(r.dst)
+	if svc == nil {
+		// The service left the configuration after this connection was detected: keep going where the client was.
+		return r.fallback, nil, nil, 0, ""
+	}
+	rt = svc.Route(req)
+	be := rt.Backend()
+	if be == nil {
+		return nil, nil, rt, 503, "no backend"
+	}
+	ep, done, err := be.Picker.Pick()
+	if err != nil {
+		done(balance.DoneInfo{Err: err})
+		return nil, nil, rt, 503, "no endpoints"
+	}
+	return ep, done, rt, 0, ""
+}
+
+// Route implements h1.Router.
+func (r *outboundRouter) Route(req *h1.Request) h1.Target {
+	ep, done, rt, status, reason := r.route(req)
+	t := h1.Target{Endpoint: ep, Done: done, Status: status, Reason: reason, Metrics: r.p.unknownR}
+	if rt != nil {
+		t.Timeout, t.Metrics = rt.Timeout, rt.Metrics
+	}
+	return t
+}
+
+// h2Request adapts an *http.Request for route matching.
+type h2Request struct{ r *http.Request }
+
+func (q h2Request) Method() string { return q.r.Method }
+func (q h2Request) Path() string   { return q.r.URL.Path }
+func (q h2Request) Header(lowerName string) (string, bool) {
+	v := q.r.Header.Values(lowerName)
+	if len(v) == 0 {
+		return "", false
+	}
+	return v[0], true
+}
+
+// h2Outbound routes HTTP/2 streams of one outbound connection.
+type h2Outbound struct{ *outboundRouter }
+
+// Route implements h2.Router.
+func (r h2Outbound) Route(req *http.Request) h2.Target {
+	ep, done, rt, status, reason := r.route(h2Request{req})
+	t := h2.Target{Endpoint: ep, Done: done, Status: status, Reason: reason, Metrics: r.p.unknownR}
+	if rt != nil {
+		t.Timeout, t.Metrics = rt.Timeout, rt.Metrics
+	}
+	return t
+}
+
+// h2Inbound routes HTTP/2 streams of one inbound connection.
+type h2Inbound struct{ *inboundRouter }
+
+// Route implements h2.Router.
+func (r h2Inbound) Route(req *http.Request) h2.Target {
+	t := r.target(req.Host)
+	return h2.Target{Endpoint: t.Endpoint, Metrics: t.Metrics, Timeout: t.Timeout, Status: t.Status, Reason: t.Reason}
+}
+
+func (p *Proxy) serveInbound(raw net.Conn) {
+	dst, ok := p.destination(raw)
+	if !ok {
+		raw.Close()
+		return
+	}
+	snap := p.o.Store.Load()
+	tm := p.inTCP
+	tm.Open()
+	c := &countedConn{Conn: raw, m: tm}
+	var closeErr error
+	defer func() { tm.Close(closeErr) }()
+	client, _ := netip.ParseAddrPort(raw.RemoteAddr().String())
+	dec := p.o.Authorizer.Authorize(authz.Request{Port: dst.Port(), Client: client})
+	if !dec.Allow {
+		c.Close()
+		return
+	}
+	host := p.o.InboundHost
+	if dst.Addr().Is6() && host == netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+		host = netip.IPv6Loopback()
+	}
+	app := balance.NewEndpoint(netip.AddrPortFrom(host, dst.Port()), "", "")
+	port := snap.Inbound(dst.Port())
+	br := getReader(c)
+	defer putReader(br)
+	proto := detect.Opaque
+	if (port != nil && port.Opaque) || snap.OpaquePort(dst.Port()) {
+		p.detectIn.Count("skipped")
+	} else {
+		var err error
+		proto, err = detect.Peek(c, br, snap.DetectTimeout)
+		p.detectIn.Count(proto.String())
+		if proto == detect.Closed {
+			closeErr = err
+			c.Close()
+			return
+		}
+	}
+	r := &inboundRouter{p: p, app: app, port: dst.Port(), client: client}
+	switch proto {
+	case detect.HTTP1:
+		p.h1.ServeConn(c, br, r)
+	case detect.HTTP2:
+		p.h2.ServeConn(context.Background(), c, br, h2Inbound{r})
+		c.Close()
+	default:
+		closeErr = p.forwardTCP(c, br, app, snap)
+	}
+}
+
+// inboundRouter routes the requests of one inbound connection to the application.
+type inboundRouter struct {
+	p      *Proxy
+	app    *balance.Endpoint
+	port   uint16
+	client netip.AddrPort
+}
+
+func (r *inboundRouter) target(host string) (t h1.Target) {
+	t.Endpoint = r.app
+	t.Metrics = r.p.authority(host)
+	if d := r.p.o.Authorizer.Authorize(authz.Request{Port: r.port, Client: r.client}); !d.Allow {
+		t.Status, t.Reason = 403, "unauthorized"
+	}
+	if s := r.p.o.Store.Load(); s != nil {
+		t.Timeout = s.RequestTimeout
+	}
+	return t
+}
+
+// Route implements h1.Router.
+func (r *inboundRouter) Route(req *h1.Request) h1.Target { return r.target(req.Host()) }
+
+// authority returns the inbound metrics recorder for a Host value, from a bounded cache.
+func (p *Proxy) authority(host string) *metrics.Route {
+	p.authMu.RLock()
+	m, ok := p.authorities[host]
+	p.authMu.RUnlock()
+	if ok {
+		return m
+	}
+	p.authMu.Lock()
+	defer p.authMu.Unlock()
+	if m, ok := p.authorities[host]; ok {
+		return m
+	}
+	label := strings.Clone(host) // host may alias a request buffer
+	if len(p.authorities) >= p.o.MaxAuthorities {
+		label = "other"
+	}
+	m = p.o.Metrics.Route(metrics.HTTPLabels{Direction: metrics.Inbound, Authority: label, TLS: "false"})
+	if label != "other" {
+		p.authorities[label] = m
+	}
+	return m
+}
