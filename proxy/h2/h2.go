@@ -83,7 +83,10 @@ func NewServer(o Options) *Server {
 		o.Log = slog.Default()
 	}
 	s := &Server{Log: o.Log}
-	s.h2s = &http2.Server{IdleTimeout: o.IdleTimeout, MaxConcurrentStreams: o.MaxConcurrentStreams}
+	// Advertise the protocol's default maximum frame size (RFC 9113 §6.5.2) rather than x/net's 1 MiB, so frames
+	// larger than 16 KiB are refused with FRAME_SIZE_ERROR as peers expect.
+	s.h2s = &http2.Server{IdleTimeout: o.IdleTimeout, MaxConcurrentStreams: o.MaxConcurrentStreams,
+		MaxReadFrameSize: 16 << 10}
 	s.base = &http.Server{ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug)}
 	if err := http2.ConfigureServer(s.base, s.h2s); err != nil {
 		panic(err) // only fails on TLS settings, which are not used
