@@ -382,6 +382,7 @@ func (p *Proxy) serveOutbound(raw net.Conn) {
 func (p *Proxy) forwardTCP(c net.Conn, br *bufio.Reader, ep *balance.Endpoint, snap *snapshot.Snapshot) error {
 	up, err := p.o.Connector.Connect(context.Background(), ep)
 	if err != nil {
+		p.o.Log.Debug("TCP connect failed", "endpoint", ep.HostPort, "error", err)
 		c.Close()
 		return err
 	}
