@@ -135,9 +135,9 @@ func conflictMessage(taken map[string]string) string {
 	parts := make([]string, 0, len(owners))
 	for _, owner := range owners {
 		sort.Strings(byMesh[owner])
-		parts = append(parts, fmt.Sprintf("%s already belong to the older Mesh %q", strings.Join(byMesh[owner], ", "), owner))
+		parts = append(parts, fmt.Sprintf("the older Mesh %q already owns namespace(s) %s", owner, strings.Join(byMesh[owner], ", ")))
 	}
-	return "Namespaces " + strings.Join(parts, "; ") + ": they are left out of this Mesh. " +
+	return strings.Join(parts, "; ") + ": they are left out of this Mesh. " +
 		"Narrow spec.namespaceSelector so that every namespace belongs to one Mesh."
 }
 

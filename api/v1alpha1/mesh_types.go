@@ -71,18 +71,24 @@ type IdentitySpec struct {
 	// +kubebuilder:default="8760h"
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="trustAnchorLifetime must be at least 1h"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	TrustAnchorLifetime *metav1.Duration `json:"trustAnchorLifetime,omitempty"`
 
 	// IssuerLifetime is the lifetime of the identity issuer certificate. Default: 48h.
 	// +kubebuilder:default="48h"
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="issuerLifetime must be at least 1h"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	IssuerLifetime *metav1.Duration `json:"issuerLifetime,omitempty"`
 
 	// IssuerRenewBefore is how long before expiry cert-manager renews the identity issuer. Default: 25h.
 	// +kubebuilder:default="25h"
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="issuerRenewBefore must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	IssuerRenewBefore *metav1.Duration `json:"issuerRenewBefore,omitempty"`
 
 	// WorkloadCertLifetime is the lifetime of the leaf certificate each proxy gets; proxies renew at about 70% of
@@ -90,6 +96,8 @@ type IdentitySpec struct {
 	// +kubebuilder:default="24h"
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('5m')",message="workloadCertLifetime must be at least 5m"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	WorkloadCertLifetime *metav1.Duration `json:"workloadCertLifetime,omitempty"`
 }
 
@@ -147,7 +155,7 @@ type ProxySpec struct {
 	LogLevel LogLevel `json:"logLevel,omitempty"`
 
 	// Ports the proxy listens on. Default: outbound 4140, inbound 4143, admin 4191.
-	// +kubebuilder:default={}
+	// +kubebuilder:default={outbound:4140,inbound:4143,admin:4191}
 	// +optional
 	Ports ProxyPorts `json:"ports,omitempty"`
 
@@ -214,6 +222,8 @@ type RetryBudget struct {
 	// +kubebuilder:default="10s"
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('60s')",message="ttl must be between 1s and 60s"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	TTL *metav1.Duration `json:"ttl,omitempty"`
 }
 
@@ -232,12 +242,16 @@ type FailureAccrual struct {
 	// +kubebuilder:default="1s"
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="minBackoff must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	MinBackoff *metav1.Duration `json:"minBackoff,omitempty"`
 
 	// MaxBackoff caps the ejection period as it doubles. Default: 60s.
 	// +kubebuilder:default="60s"
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="maxBackoff must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	MaxBackoff *metav1.Duration `json:"maxBackoff,omitempty"`
 }
 
@@ -246,6 +260,8 @@ type TrafficDefaults struct {
 	// RequestTimeout bounds a whole HTTP request, retries included. Default: unset (no timeout).
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="requestTimeout must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	RequestTimeout *metav1.Duration `json:"requestTimeout,omitempty"`
 
 	// RetryBudget bounds retries. Default: ratio 0.2, minPerSecond 10, ttl 10s.
@@ -315,9 +331,11 @@ type MeshSpec struct {
 // ProxyCounts counts the mesh's proxies.
 type ProxyCounts struct {
 	// Desired is the number of proxies that should run: injected pods, or nodes in DaemonSet mode.
-	Desired int32 `json:"desired"`
+	// +optional
+	Desired int32 `json:"desired,omitempty"`
 	// Ready is the number of those proxies that report ready.
-	Ready int32 `json:"ready"`
+	// +optional
+	Ready int32 `json:"ready,omitempty"`
 	// Summary is "ready/desired", for display.
 	Summary string `json:"summary,omitempty"`
 }
@@ -336,11 +354,11 @@ type MeshStatus struct {
 
 	// MeshedNamespaces is the number of namespaces this mesh selects.
 	// +optional
-	MeshedNamespaces int32 `json:"meshedNamespaces"`
+	MeshedNamespaces int32 `json:"meshedNamespaces,omitempty"`
 
 	// Proxies counts the mesh's proxies.
 	// +optional
-	Proxies ProxyCounts `json:"proxies"`
+	Proxies ProxyCounts `json:"proxies,omitempty"`
 
 	// TrustAnchorExpiry is when the current trust anchor certificate expires.
 	// +optional

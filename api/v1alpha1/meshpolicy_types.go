@@ -30,11 +30,15 @@ type Timeouts struct {
 	// DEADLINE_EXCEEDED). Default: the Mesh's traffic.requestTimeout.
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="request timeout must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	Request *metav1.Duration `json:"request,omitempty"`
 
 	// Idle closes a connection or stream that moves no bytes for this long. Default: 1h for TCP, none for HTTP.
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="idle timeout must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	Idle *metav1.Duration `json:"idle,omitempty"`
 }
 
@@ -49,12 +53,16 @@ type Backoff struct {
 	// +kubebuilder:default="25ms"
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="backoff base must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	Base *metav1.Duration `json:"base,omitempty"`
 
 	// Max caps the delay as it doubles. Default: 250ms.
 	// +kubebuilder:default="250ms"
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="backoff max must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	Max *metav1.Duration `json:"max,omitempty"`
 }
 
@@ -88,6 +96,8 @@ type Retries struct {
 	// PerTryTimeout bounds each attempt. Default: unset (only the request timeout applies).
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="perTryTimeout must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	PerTryTimeout *metav1.Duration `json:"perTryTimeout,omitempty"`
 
 	// Backoff between attempts. Default: 25ms doubling to 250ms, with jitter.
@@ -134,11 +144,15 @@ type CircuitBreaking struct {
 	// MinEjection is the first ejection period. Default: the Mesh's failure accrual (1s).
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="minEjection must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	MinEjection *metav1.Duration `json:"minEjection,omitempty"`
 
 	// MaxEjection caps the ejection period. Default: the Mesh's failure accrual (60s).
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="maxEjection must be greater than 0"
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	MaxEjection *metav1.Duration `json:"maxEjection,omitempty"`
 }
 
