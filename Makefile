@@ -29,6 +29,12 @@ help: ## Show this help.
 	  /^[a-zA-Z0-9_.-]+:.*?##/ { printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2 } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
+##@ Demo
+
+.PHONY: demo
+demo: k8s-test-bins ## Run the local, self-contained demo (real kube-apiserver + etcd, the manager, the samples).
+	$(GO) run ./hack/demo $(DEMO_FLAGS)
+
 ##@ Development
 
 CONTROLLER_GEN := $(BIN)/controller-gen
@@ -87,3 +93,17 @@ tools: $(CONTROLLER_GEN) $(GOLANGCI_LINT) $(KUSTOMIZE) ## Build the pinned devel
 
 .PHONY: test
 test: test-go test-proxy test-e2e ## Run every test: unit + integration (real kube-apiserver/etcd), data plane with real peers, e2e on the local cluster.
+
+# Packages test-go covers; the data plane (test-proxy) and e2e (test-e2e) have their own targets.
+GO_TEST_PKGS = $$($(GO) list ./... | grep -v -e /proxy -e /internal/proxyconfig -e /test/e2e -e /test/dataplane)
+# Packages that run in the proxy process and get the race detector here too.
+GO_RACE_PKGS = ./internal/identity/... ./internal/spiffe/...
+
+.PHONY: test-go
+test-go: k8s-test-bins ## Unit and integration tests (a real kube-apiserver and etcd built from source).
+	KUBEBUILDER_ASSETS=$$(hack/k8s-bins.sh kube-apiserver etcd kubectl) $(GO) test -count=1 $(GOFLAGS_TEST) $(GO_TEST_PKGS)
+	KUBEBUILDER_ASSETS=$$(hack/k8s-bins.sh kube-apiserver etcd kubectl) $(GO) test -count=1 -race $(GOFLAGS_TEST) $(GO_RACE_PKGS)
+
+.PHONY: k8s-test-bins
+k8s-test-bins: ## Build kube-apiserver, etcd and kubectl from source into the cache (once per machine).
+	hack/k8s-bins.sh kube-apiserver etcd kubectl >/dev/null

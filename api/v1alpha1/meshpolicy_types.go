@@ -68,15 +68,15 @@ type Backoff struct {
 
 // Retries says when and how often a failed request is tried again. Connect failures and refused streams are
 // always retried; every retry spends the Mesh's retry budget.
-// +kubebuilder:validation:XValidation:rule="!has(self.statusCodes) || (has(self.on) && 'retriable-status-codes' in self.on)",message="statusCodes requires 'retriable-status-codes' in on"
+// +kubebuilder:validation:XValidation:rule="!has(self.statusCodes) || (has(self.retryOn) && 'retriable-status-codes' in self.retryOn)",message="statusCodes requires 'retriable-status-codes' in retryOn"
 type Retries struct {
-	// On lists the failures that are retried: 5xx, gateway-error (502, 503, 504), reset, retriable-status-codes
+	// RetryOn lists the failures that are retried: 5xx, gateway-error (502, 503, 504), reset, retriable-status-codes
 	// (see statusCodes), and the gRPC codes cancelled, deadline-exceeded, internal, resource-exhausted, unavailable.
 	// Default: none (only connect failures and refused streams).
 	// +kubebuilder:validation:MaxItems=16
 	// +listType=set
 	// +optional
-	On []RetryOn `json:"on,omitempty"`
+	RetryOn []RetryOn `json:"retryOn,omitempty"`
 
 	// StatusCodes are the HTTP statuses retried with retriable-status-codes. Default: none.
 	// +kubebuilder:validation:MaxItems=32
