@@ -407,7 +407,3 @@ type MeshList struct {
 	// Items are the meshes.
 	Items []Mesh `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&Mesh{}, &MeshList{})
-}

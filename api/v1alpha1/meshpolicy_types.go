@@ -390,7 +390,3 @@ type MeshPolicyList struct {
 	// Items are the policies.
 	Items []MeshPolicy `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&MeshPolicy{}, &MeshPolicyList{})
-}

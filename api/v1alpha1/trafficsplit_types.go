@@ -86,7 +86,3 @@ type TrafficSplitList struct {
 	// Items are the splits.
 	Items []TrafficSplit `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&TrafficSplit{}, &TrafficSplitList{})
-}

@@ -18,8 +18,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/trellis-mesh/trellis/internal/testenv"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/trellis-mesh/trellis/internal/testenv"
 )
 
 func main() {
@@ -101,7 +102,7 @@ func run(keep bool) error {
 		{"create", "namespace", "legacy"},
 	} {
 		if out, err := kubectl(args...); err != nil {
-			return fmt.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+			return fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, out)
 		}
 	}
 
