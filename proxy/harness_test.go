@@ -33,7 +33,6 @@ func TestMain(m *testing.M) {
 		// The HTTP/2 transport's idle connections and net/http's test servers wind down asynchronously.
 		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
 	)
 }
 

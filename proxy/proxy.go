@@ -48,7 +48,7 @@ type Options struct {
 	// OwnPorts are the proxy's own listener ports: a connection whose original destination is one of them on a local
 	// address is a redirect loop and is refused. Default 4140, 4143, 4191.
 	OwnPorts []uint16
-	// Connector opens upstream connections. Default mtls.Plain with the snapshot's connect timeout at start.
+	// Connector opens upstream connections. Default: plain TCP bounded by the current snapshot's connect timeout.
 	Connector mtls.Connector
 	// Terminator terminates mesh TLS on inbound connections that begin with a ClientHello. Default nil: TLS is
 	// forwarded untouched as opaque TCP.
@@ -105,12 +105,11 @@ func New(o Options) *Proxy {
 		o.MaxAuthorities = 256
 	}
 	idle := 90 * time.Second
+	if s := o.Store.Load(); s != nil {
+		idle = s.HTTPIdleTimeout
+	}
 	if o.Connector == nil {
-		timeout := time.Second
-		if s := o.Store.Load(); s != nil {
-			timeout, idle = s.ConnectTimeout, s.HTTPIdleTimeout
-		}
-		o.Connector = mtls.Plain{Timeout: timeout}
+		o.Connector = snapshotConnector{o.Store}
 	}
 	p := &Proxy{
 		o:           o,
@@ -126,6 +125,17 @@ func New(o Options) *Proxy {
 	p.h1 = &h1.Server{Pool: p.pool, IdleTimeout: idle, Log: o.Log}
 	p.h2 = h2.NewServer(h2.Options{Connector: o.Connector, IdleTimeout: idle, Log: o.Log})
 	return p
+}
+
+// snapshotConnector dials plain TCP with the connect timeout of the snapshot current at each dial.
+type snapshotConnector struct{ store *snapshot.Store }
+
+func (c snapshotConnector) Connect(ctx context.Context, ep *balance.Endpoint) (net.Conn, error) {
+	timeout := time.Second
+	if s := c.store.Load(); s != nil {
+		timeout = s.ConnectTimeout
+	}
+	return mtls.Plain{Timeout: timeout}.Connect(ctx, ep)
 }
 
 // Direction selects a listener's role.
@@ -340,7 +350,12 @@ func (p *Proxy) serveOutbound(raw net.Conn) {
 		return
 	}
 	br := getReader(c)
-	defer putReader(br)
+	pooled := true
+	defer func() {
+		if pooled {
+			putReader(br)
+		}
+	}()
 	proto := detect.Opaque
 	if svc.Opaque || snap.OpaquePort(dst.Port()) {
 		p.detectOu.Count("skipped")
@@ -359,6 +374,8 @@ func (p *Proxy) serveOutbound(raw net.Conn) {
 	case detect.HTTP1:
 		p.h1.ServeConn(c, br, r)
 	case detect.HTTP2:
+		// x/net's frame reader may still be reading br after ServeConn returns: br is not reused.
+		pooled = false
 		p.h2.ServeConn(context.Background(), c, br, h2Outbound{r})
 		c.Close()
 	default:
@@ -494,7 +511,12 @@ func (p *Proxy) serveInbound(raw net.Conn) {
 	app := balance.NewEndpoint(netip.AddrPortFrom(host, dst.Port()), "", "")
 	port := snap.Inbound(dst.Port())
 	br := getReader(c)
-	defer putReader(br)
+	pooled := true
+	defer func() {
+		if pooled {
+			putReader(br)
+		}
+	}()
 	proto := detect.Opaque
 	if (port != nil && port.Opaque) || snap.OpaquePort(dst.Port()) {
 		p.detectIn.Count("skipped")
@@ -513,6 +535,7 @@ func (p *Proxy) serveInbound(raw net.Conn) {
 	case detect.HTTP1:
 		p.h1.ServeConn(c, br, r)
 	case detect.HTTP2:
+		pooled = false // as outbound
 		p.h2.ServeConn(context.Background(), c, br, h2Inbound{r})
 		c.Close()
 	default:

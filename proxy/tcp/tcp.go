@@ -69,16 +69,18 @@ func Forward(client, server net.Conn, o Options) (sent, received int64, err erro
 	wg.Wait()
 	client.Close()
 	server.Close()
-	if err == nil {
-		err = recvErr
+	if first := f.first.Load(); first != nil {
+		// The direction that failed first explains the end; the other one only saw the connections closed.
+		return sent, received, *first
 	}
-	return sent, received, err
+	return sent, received, nil
 }
 
 type forwarder struct {
-	idle time.Duration
-	now  func() time.Time
-	last atomic.Int64 // unix nanoseconds of the last byte moved
+	idle  time.Duration
+	now   func() time.Time
+	last  atomic.Int64 // unix nanoseconds of the last byte moved
+	first atomic.Pointer[error]
 }
 
 func (f *forwarder) touch() { f.last.Store(f.now().UnixNano()) }
@@ -87,6 +89,7 @@ func (f *forwarder) touch() { f.last.Store(f.now().UnixNano()) }
 // direction stops too.
 func (f *forwarder) finish(dst, src net.Conn, err error) {
 	if err != nil {
+		f.first.CompareAndSwap(nil, &err)
 		dst.Close()
 		src.Close()
 		return
