@@ -1,0 +1,101 @@
+// Command echo is the end-to-end suites' test workload: an HTTP server that describes each request it gets, and a
+// client mode for pods that call other services.
+//
+//	echo [-listen :8080]              serve: / echoes the request as JSON, /healthz answers ok, /metrics counts requests
+//	echo get <url> [-tries N]          client: GET url, print the body, exit 1 if no try got a 2xx answer
+//
+// The JSON answer names the serving pod (POD_NAME, POD_NAMESPACE from the downward API, else the hostname), so a
+// test can tell which backend answered.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+)
+
+// Reply is the JSON document / answers with.
+type Reply struct {
+	Pod       string              `json:"pod"`
+	Namespace string              `json:"namespace,omitempty"`
+	Method    string              `json:"method"`
+	Host      string              `json:"host"`
+	Path      string              `json:"path"`
+	Remote    string              `json:"remote"`
+	Proto     string              `json:"proto"`
+	Headers   map[string][]string `json:"headers"`
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "get" {
+		os.Exit(get(os.Args[2:]))
+	}
+	listen := flag.String("listen", ":8080", "address to serve on")
+	flag.Parse()
+	if err := serve(*listen); err != nil {
+		fmt.Fprintln(os.Stderr, "echo:", err)
+		os.Exit(1)
+	}
+}
+
+func serve(addr string) error {
+	pod := os.Getenv("POD_NAME")
+	if pod == "" {
+		pod, _ = os.Hostname()
+	}
+	ns := os.Getenv("POD_NAMESPACE")
+	var requests atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		fmt.Fprintf(w, "# HELP echo_requests_total Requests answered on /.\n# TYPE echo_requests_total counter\n")
+		fmt.Fprintf(w, "echo_requests_total %d\n", requests.Load())
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(Reply{Pod: pod, Namespace: ns, Method: r.Method, Host: r.Host,
+			Path: r.URL.Path, Remote: r.RemoteAddr, Proto: r.Proto, Headers: r.Header})
+	})
+	fmt.Println("echo: serving on", addr)
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return srv.ListenAndServe()
+}
+
+func get(args []string) int {
+	fs := flag.NewFlagSet("get", flag.ExitOnError)
+	tries := fs.Int("tries", 1, "attempts, one second apart")
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "usage: echo get <url> [-tries N]")
+		return 2
+	}
+	url := args[0]
+	_ = fs.Parse(args[1:])
+	c := &http.Client{Timeout: 3 * time.Second}
+	var last error
+	for i := 0; i < *tries; i++ {
+		if i > 0 {
+			time.Sleep(time.Second)
+		}
+		resp, err := c.Get(url)
+		if err != nil {
+			last = err
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode/100 == 2 {
+			os.Stdout.Write(body)
+			return 0
+		}
+		last = fmt.Errorf("status %s, read error %v", resp.Status, err)
+	}
+	fmt.Fprintln(os.Stderr, "echo get:", last)
+	return 1
+}
