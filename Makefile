@@ -32,7 +32,7 @@ help: ## Show this help.
 ##@ Demo
 
 .PHONY: demo
-demo: k8s-test-bins ## Run the local, self-contained demo (real kube-apiserver + etcd, the manager, the samples).
+demo: k8s-test-bins cert-manager-bins ## Run the local, self-contained demo (real kube-apiserver + etcd, cert-manager, the manager, the samples).
 	$(GO) run ./hack/demo $(DEMO_FLAGS)
 
 ##@ Development
@@ -100,9 +100,13 @@ GO_TEST_PKGS = $$($(GO) list ./... | grep -v -e /proxy -e /internal/proxyconfig 
 GO_RACE_PKGS = ./internal/identity/... ./internal/spiffe/...
 
 .PHONY: test-go
-test-go: k8s-test-bins ## Unit and integration tests (a real kube-apiserver and etcd built from source).
+test-go: k8s-test-bins cert-manager-bins ## Unit and integration tests (a real kube-apiserver and etcd built from source).
 	KUBEBUILDER_ASSETS=$$(hack/k8s-bins.sh kube-apiserver etcd kubectl) $(GO) test -count=1 $(GOFLAGS_TEST) $(GO_TEST_PKGS)
 	KUBEBUILDER_ASSETS=$$(hack/k8s-bins.sh kube-apiserver etcd kubectl) $(GO) test -count=1 -race $(GOFLAGS_TEST) $(GO_RACE_PKGS)
+
+.PHONY: cert-manager-bins
+cert-manager-bins: ## Build cert-manager's controller, webhook and cainjector and its CRDs into the cache (once per machine).
+	hack/cluster/cert-manager.sh build
 
 .PHONY: k8s-test-bins
 k8s-test-bins: ## Build kube-apiserver, etcd and kubectl from source into the cache (once per machine).

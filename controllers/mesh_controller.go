@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -15,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -35,15 +38,58 @@ const FieldOwner = "trellis-manager"
 type MeshReconciler struct {
 	// Client reads from the manager's cache and writes to the API server.
 	Client client.Client
+	// APIReader reads objects the manager does not cache (Secrets) straight from the API server.
+	APIReader client.Reader
 	// Recorder emits Events on user-facing failures; nil disables them.
 	Recorder events.EventRecorder
+	// CertManagerInstalled says whether the API server serves cert-manager.io/v1 (see CertManagerServed). Without
+	// it the Mesh reports IdentityReady=False and renders no certificates.
+	CertManagerInstalled bool
+	// Clock tells the time (certificate expiry); default: the real clock.
+	Clock clock.PassiveClock
+
+	applier *applier
 }
 
-// meshScope is the state of one reconcile: the Mesh as read, the snapshot, and the status being built.
+// meshScope is the state of one reconcile: the Mesh as read, the snapshot, what the phases rendered, and the
+// status being built.
 type meshScope struct {
 	mesh       *meshv1alpha1.Mesh
 	original   *meshv1alpha1.Mesh
 	namespaces []string
+	// desired are the objects the phases rendered; prunable are the kinds and components rendered completely.
+	desired  []client.Object
+	prunable []pruneScope
+	// stop ends the reconcile after the current phase (a spec the renderer must not act on).
+	stop bool
+	// retry asks for another reconcile after this long (0: only on events).
+	retry time.Duration
+}
+
+// requeueAfter asks for another reconcile within d.
+func (s *meshScope) requeueAfter(d time.Duration) {
+	if s.retry == 0 || d < s.retry {
+		s.retry = d
+	}
+}
+
+// identityNotReady records why the identity cannot be ready and asks to look again later.
+func (s *meshScope) identityNotReady(reason, message string) {
+	setCondition(&s.mesh.Status.Conditions, s.mesh.Generation, meshv1alpha1.ConditionIdentityReady, false, reason, message)
+	s.requeueAfter(identityRetry)
+}
+
+var (
+	certificateGVK = cmapi.SchemeGroupVersion.WithKind(cmapi.CertificateKind)
+	issuerGVK      = cmapi.SchemeGroupVersion.WithKind(cmapi.IssuerKind)
+	configMapGVK   = corev1.SchemeGroupVersion.WithKind("ConfigMap")
+)
+
+func (r *MeshReconciler) now() time.Time {
+	if r.Clock == nil {
+		return time.Now()
+	}
+	return r.Clock.Now()
 }
 
 // phase is one ordered step of a reconcile. It records its outcome in the scope's status; an error aborts the
@@ -54,6 +100,10 @@ type phase func(ctx context.Context, s *meshScope) error
 // +kubebuilder:rbac:groups=mesh.trellis.io,resources=meshes/status;meshpolicies/status;trafficsplits/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups=cert-manager.io,resources=certificates;issuers,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=cert-manager.io,resources=clusterissuers,verbs=get;list;watch
 
 // Reconcile brings one Mesh to its desired state and writes its status once, in a deferred step, only when the
 // status changed.
@@ -72,22 +122,39 @@ func (r *MeshReconciler) Reconcile(ctx context.Context, req ctrl.Request) (resul
 			err = perr
 		}
 	}()
-	for _, run := range []phase{r.validate, r.selectNamespaces} {
+	for _, run := range []phase{r.validate, r.selectNamespaces, r.reconcileIdentity, r.applyAndPrune} {
 		if err := run(ctx, s); err != nil {
 			log.Error(err, "Reconcile phase failed", "mesh", klog.KObj(mesh))
 			return ctrl.Result{}, err
 		}
+		if s.stop {
+			break
+		}
 	}
-	return ctrl.Result{}, nil
+	return ctrl.Result{RequeueAfter: s.retry}, nil
+}
+
+// applyAndPrune applies what the phases rendered and prunes what the mesh owns and no longer renders. A failure
+// is shown in ConfigReady with the API server's message and retried.
+func (r *MeshReconciler) applyAndPrune(ctx context.Context, s *meshScope) error {
+	if r.applier == nil {
+		r.applier = newApplier(r.Client)
+	}
+	if err := r.applier.apply(ctx, s.desired); err != nil {
+		r.event(s.mesh, corev1.EventTypeWarning, meshv1alpha1.ReasonApplyFailed, err.Error())
+		return err
+	}
+	return r.applier.prune(ctx, s.mesh.Name, s.prunable, s.desired)
 }
 
 // validate checks the cross-field rules the API server cannot check and sets Accepted accordingly.
 func (r *MeshReconciler) validate(_ context.Context, s *meshScope) error {
 	m := s.mesh
 	if errs := validation.Mesh(m); len(errs) > 0 {
-		msg := errs.ToAggregate().Error()
+		msg := errs.ToAggregate().Error() + ". Until it is fixed, the objects rendered from the last valid spec stay in place."
 		setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionAccepted, false, meshv1alpha1.ReasonInvalidSpec, msg)
 		r.event(m, corev1.EventTypeWarning, meshv1alpha1.ReasonInvalidSpec, msg)
+		s.stop = true
 		return nil
 	}
 	setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionAccepted, true, meshv1alpha1.ReasonAccepted, "The Mesh is valid")
@@ -146,7 +213,9 @@ func (r *MeshReconciler) writeStatus(ctx context.Context, s *meshScope) error {
 	m := s.mesh
 	m.Status.ObservedGeneration = m.Generation
 	m.Status.Proxies.Summary = fmt.Sprintf("%d/%d", m.Status.Proxies.Ready, m.Status.Proxies.Desired)
-	reason, message, ok := runChain(m.Status.Conditions, conditionTrue(meshv1alpha1.ConditionAccepted))
+	reason, message, ok := runChain(m.Status.Conditions,
+		conditionTrue(meshv1alpha1.ConditionAccepted),
+		conditionTrue(meshv1alpha1.ConditionIdentityReady))
 	if ok {
 		reason = meshv1alpha1.ReasonReady
 		message = fmt.Sprintf("The Mesh covers %d namespace(s)", len(s.namespaces))
@@ -181,14 +250,29 @@ func (r *MeshReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Recorder == nil {
 		r.Recorder = mgr.GetEventRecorder("trellis-manager")
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
+	r.applier = newApplier(r.Client)
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("mesh").
 		For(&meshv1alpha1.Mesh{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&meshv1alpha1.Mesh{}, handler.EnqueueRequestsFromMapFunc(r.allMeshes),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.allMeshes),
 			builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, namespacePhaseChanged()))).
-		Complete(r)
+		Owns(&corev1.ConfigMap{})
+	if r.CertManagerInstalled {
+		b = b.Owns(&cmapi.Certificate{}).Owns(&cmapi.Issuer{})
+	}
+	return b.Complete(r)
+}
+
+// CertManagerServed reports whether the API server serves cert-manager.io/v1 Certificates. The manager checks it
+// at start: watches on a kind the API server does not serve would keep the manager from starting.
+func CertManagerServed(mapper meta.RESTMapper) bool {
+	_, err := mapper.RESTMapping(certificateGVK.GroupKind(), certificateGVK.Version)
+	return err == nil
 }
 
 // namespacePhaseChanged passes namespace creations, deletions and phase changes (a namespace that starts

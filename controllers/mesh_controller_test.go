@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,7 +27,14 @@ import (
 	"github.com/trellis-mesh/trellis/internal/testenv"
 )
 
-var env *testenv.Env
+var (
+	env         *testenv.Env
+	certManager *testenv.CertManager
+)
+
+// controlPlane is the control-plane namespace of the tests' meshes; cert-manager's controller runs against the
+// same API server.
+const controlPlane = "trellis-system"
 
 func TestMain(m *testing.M) {
 	out := io.Discard
@@ -34,16 +42,42 @@ func TestMain(m *testing.M) {
 		out = os.Stderr
 	}
 	ctrl.SetLogger(zap.New(zap.UseDevMode(true), zap.WriteTo(out)))
-	testenv.Main(m, &env)
+	testenv.MainWithSetup(m, &env, func(e *testenv.Env) (func(), error) {
+		c, err := client.New(e.Config, client.Options{})
+		if err != nil {
+			return nil, err
+		}
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: controlPlane}}
+		if err := c.Create(context.Background(), ns); err != nil {
+			return nil, err
+		}
+		cm, err := e.StartCertManager(controlPlane)
+		if err != nil {
+			return nil, err
+		}
+		certManager = cm
+		return func() {
+			if os.Getenv("TRELLIS_TEST_LOG") != "" {
+				fmt.Fprintln(os.Stderr, certManager.Log())
+			}
+			certManager.Stop()
+		}, nil
+	}, testenv.WithCertManagerCRDs()...)
 }
 
 // startManager runs the MeshReconciler in a manager against the real API server until the test ends, and returns
 // a client that reads straight from the API server.
 func startManager(t *testing.T) client.Client {
 	t.Helper()
+	return startManagerWith(t, func(*MeshReconciler) {})
+}
+
+// startManagerWith is startManager with a chance to change the reconciler before it starts.
+func startManagerWith(t *testing.T, configure func(*MeshReconciler)) client.Client {
+	t.Helper()
 	env.Require(t)
 	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, meshv1alpha1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, meshv1alpha1.AddToScheme, cmapi.AddToScheme} {
 		if err := add(scheme); err != nil {
 			t.Fatal(err)
 		}
@@ -57,7 +91,9 @@ func startManager(t *testing.T) client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (&MeshReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+	r := &MeshReconciler{Client: mgr.GetClient(), CertManagerInstalled: CertManagerServed(mgr.GetRESTMapper())}
+	configure(r)
+	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -202,7 +238,14 @@ func TestMeshSelectsNamespacesAndCountsThem(t *testing.T) {
 
 func TestSystemAndControlPlaneNamespacesNeverMeshed(t *testing.T) {
 	c := startManager(t)
-	namespace(t, c, "trellis-system", map[string]string{"everything": "yes"})
+	cp := &corev1.Namespace{}
+	if err := c.Get(testCtx(t), client.ObjectKey{Name: controlPlane}, cp); err != nil {
+		t.Fatal(err)
+	}
+	cp.Labels = map[string]string{"everything": "yes"}
+	if err := c.Update(testCtx(t), cp); err != nil {
+		t.Fatal(err)
+	}
 	namespace(t, c, "plain-app", map[string]string{"everything": "yes"})
 	ks := &corev1.Namespace{}
 	if err := c.Get(testCtx(t), client.ObjectKey{Name: "kube-system"}, ks); err != nil {

@@ -43,6 +43,8 @@ const (
 	ReasonConflicted = "Conflicted"
 	// ReasonPending: the manager has not finished the work this condition describes.
 	ReasonPending = "Pending"
+	// ReasonControlPlaneNamespaceMissing: the Mesh's control-plane namespace does not exist.
+	ReasonControlPlaneNamespaceMissing = "ControlPlaneNamespaceMissing"
 	// ReasonCertManagerMissing: the cert-manager CRDs are not installed.
 	ReasonCertManagerMissing = "CertManagerMissing"
 	// ReasonIssuerNotReady: cert-manager has not issued a certificate the mesh needs; the message says why.

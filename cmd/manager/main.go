@@ -6,10 +6,15 @@ import (
 	"flag"
 	"os"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -17,6 +22,7 @@ import (
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
 	"github.com/trellis-mesh/trellis/controllers"
+	"github.com/trellis-mesh/trellis/internal/render"
 )
 
 func main() {
@@ -41,6 +47,7 @@ func main() {
 	scheme := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(meshv1alpha1.AddToScheme(scheme))
+	utilruntime.Must(cmapi.AddToScheme(scheme))
 
 	metricsOpts := metricsserver.Options{BindAddress: metricsAddr, SecureServing: metricsSecure}
 	if metricsSecure {
@@ -53,12 +60,22 @@ func main() {
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "manager.mesh.trellis.io",
 		LeaderElectionNamespace: leaderElectNS,
+		// The manager caches only the ConfigMaps it renders, and no Secrets (it reads the few it needs directly).
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedByValue})},
+		}},
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
 	})
 	if err != nil {
 		log.Error(err, "Creating the manager failed")
 		os.Exit(1)
 	}
-	if err := (&controllers.MeshReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+	certManager := controllers.CertManagerServed(mgr.GetRESTMapper())
+	if !certManager {
+		log.Info("cert-manager is not installed: meshes will report IdentityReady=False until it is and the manager restarts")
+	}
+	reconciler := &controllers.MeshReconciler{Client: mgr.GetClient(), CertManagerInstalled: certManager}
+	if err := reconciler.SetupWithManager(mgr); err != nil {
 		log.Error(err, "Setting up the Mesh reconciler failed")
 		os.Exit(1)
 	}

@@ -42,8 +42,12 @@ func run(keep bool) error {
 	}
 	defer os.RemoveAll(work)
 
-	step("Starting a real kube-apiserver %s and etcd with the Trellis CRDs", testenv.KubeVersion)
-	env, err := testenv.Start()
+	step("Starting a real kube-apiserver %s and etcd with the Trellis and cert-manager CRDs", testenv.KubeVersion)
+	crds := testenv.WithCertManagerCRDs()
+	if len(crds) == 0 {
+		return errors.New("cert-manager is not built: run hack/cluster/cert-manager.sh build (make demo does)")
+	}
+	env, err := testenv.Start(crds...)
 	if err != nil {
 		return err
 	}
@@ -71,6 +75,16 @@ func run(keep bool) error {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
+
+	if out, err := kubectl("create", "namespace", "trellis-system"); err != nil {
+		return fmt.Errorf("%w: %s", err, out)
+	}
+	step("Starting cert-manager %s's controller", testenv.CertManagerVersion)
+	cm, err := env.StartCertManager("trellis-system")
+	if err != nil {
+		return err
+	}
+	defer cm.Stop()
 
 	step("Building and starting the manager")
 	manager := filepath.Join(work, "manager")
@@ -146,6 +160,12 @@ func run(keep bool) error {
 	fmt.Print(out)
 	step("kubectl describe mesh default")
 	out, _ = kubectl("describe", "mesh", "default")
+	fmt.Print(out)
+	step("The identity chain cert-manager issued for the Mesh: kubectl get issuers,certificates -n trellis-system")
+	out, _ = kubectl("get", "issuers,certificates", "-n", "trellis-system")
+	fmt.Print(out)
+	step("The trust bundle in the meshed namespace shop (and none in legacy): kubectl get configmaps -A -l app.kubernetes.io/managed-by=trellis")
+	out, _ = kubectl("get", "configmaps", "-A", "-l", "app.kubernetes.io/managed-by=trellis")
 	fmt.Print(out)
 
 	if keep {

@@ -38,17 +38,7 @@ func RepoRoot() string {
 // AssetsDir returns the folder holding kube-apiserver and etcd: $KUBEBUILDER_ASSETS, else the project's cache
 // (where hack/k8s-bins.sh puts them). It returns "" when neither holds the binaries.
 func AssetsDir() string {
-	candidates := []string{os.Getenv("KUBEBUILDER_ASSETS")}
-	cache := os.Getenv("TRELLIS_CACHE")
-	if cache == "" {
-		base := os.Getenv("XDG_CACHE_HOME")
-		if base == "" {
-			home, _ := os.UserHomeDir()
-			base = filepath.Join(home, ".cache")
-		}
-		cache = filepath.Join(base, "trellis")
-	}
-	candidates = append(candidates, filepath.Join(cache, "k8s-"+KubeVersion))
+	candidates := []string{os.Getenv("KUBEBUILDER_ASSETS"), filepath.Join(cacheDir(), "k8s-"+KubeVersion)}
 	for _, dir := range candidates {
 		if dir == "" {
 			continue
@@ -58,6 +48,20 @@ func AssetsDir() string {
 		}
 	}
 	return ""
+}
+
+// cacheDir is the project's cache shared by every clone: $TRELLIS_CACHE, else $XDG_CACHE_HOME/trellis, else
+// ~/.cache/trellis.
+func cacheDir() string {
+	if cache := os.Getenv("TRELLIS_CACHE"); cache != "" {
+		return cache
+	}
+	base := os.Getenv("XDG_CACHE_HOME")
+	if base == "" {
+		home, _ := os.UserHomeDir()
+		base = filepath.Join(home, ".cache")
+	}
+	return filepath.Join(base, "trellis")
 }
 
 func isExec(path string) bool {
@@ -96,7 +100,7 @@ func (e *Env) Stop() error {
 // Require skips the test when the environment did not start, or fails it when CI is set.
 func (e *Env) Require(t testing.TB) {
 	t.Helper()
-	if e != nil && e.Environment != nil {
+	if e != nil && e.Environment != nil && e.SkipReason == "" {
 		return
 	}
 	reason := "no API server"
@@ -112,21 +116,56 @@ func (e *Env) Require(t testing.TB) {
 // Main runs a package's tests around one started environment and exits with their result. It is the body of a
 // TestMain: env receives the environment before the tests run.
 func Main(m *testing.M, env **Env, extraCRDs ...string) {
+	MainWithSetup(m, env, nil, extraCRDs...)
+}
+
+// MainWithSetup is Main with a setup step that runs once the API server is up (to start more components); the
+// function it returns runs after the tests. A setup error makes the tests skip with that reason (fail in CI).
+func MainWithSetup(m *testing.M, env **Env, setup func(*Env) (teardown func(), err error), extraCRDs ...string) {
 	e, err := Start(extraCRDs...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	if e.SkipReason != "" {
-		fmt.Fprintln(os.Stderr, "integration tests will skip:", e.SkipReason)
-	} else {
+	teardown := func() {}
+	if e.SkipReason == "" {
 		v := e.Environment.ControlPlane.APIServer
 		fmt.Fprintf(os.Stderr, "started kube-apiserver %s at %s\n", KubeVersion, v.SecureServing.URL("https", "/"))
+		if setup != nil {
+			if td, err := setup(e); err != nil {
+				e.SkipReason = err.Error()
+			} else if td != nil {
+				teardown = td
+			}
+		}
+	}
+	if e.SkipReason != "" {
+		fmt.Fprintln(os.Stderr, "integration tests will skip (fail when CI is set):", e.SkipReason)
 	}
 	*env = e
 	code := m.Run()
+	teardown()
 	if err := e.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "stopping the API server:", err)
 	}
 	os.Exit(code)
+}
+
+// CertManagerVersion is the cert-manager release the tests run (its controller is built by
+// hack/cluster/cert-manager.sh build).
+const CertManagerVersion = "v1.11.5"
+
+// CertManagerDir returns the folder holding cert-manager's controller binary and crds.yaml, or "" when they have
+// not been built.
+func CertManagerDir() string {
+	dir := filepath.Join(cacheDir(), "cert-manager-"+CertManagerVersion)
+	if isExec(filepath.Join(dir, "controller")) && fileExists(filepath.Join(dir, "crds.yaml")) {
+		return dir
+	}
+	return ""
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
