@@ -194,8 +194,9 @@ func TestInboundForwardsToLocalhost(t *testing.T) {
 // TestGracefulShutdown checks that a request in flight when shutdown starts completes, that the response closes the
 // connection, and that new connections are refused.
 func TestGracefulShutdown(t *testing.T) {
-	release := make(chan struct{})
+	release, arrived := make(chan struct{}), make(chan struct{})
 	slow := namedBackendFunc(t, func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
 		<-release
 		w.Write([]byte("done"))
 	})
@@ -216,10 +217,7 @@ func TestGracefulShutdown(t *testing.T) {
 		resp.Body.Close()
 		res <- result{code: resp.StatusCode, body: string(b)}
 	}()
-	for h.p.Active() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(20 * time.Millisecond)
+	<-arrived // the request is in flight at the backend
 	done := make(chan struct{})
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -227,9 +225,16 @@ func TestGracefulShutdown(t *testing.T) {
 		h.p.Shutdown(ctx)
 		close(done)
 	}()
-	time.Sleep(50 * time.Millisecond)
-	if _, err := net.DialTimeout("tcp", h.out, time.Second); err == nil {
-		t.Error("new connection accepted while draining")
+	for !h.p.Draining() {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // Shutdown closes the listeners right after it starts draining
+	if c, err := net.DialTimeout("tcp", h.out, time.Second); err == nil {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Error("new connection served while draining")
+		}
+		c.Close()
 	}
 	close(release)
 	r := <-res
@@ -258,5 +263,59 @@ func TestConfigEndpoint(t *testing.T) {
 	cs := h.configStatus()
 	if cs.Version != "v-42" || !strings.HasPrefix(cs.Hash, "sha256:") || cs.Hash != h.store.Load().Hash {
 		t.Fatalf("/config = %+v", cs)
+	}
+}
+
+// rawBackend answers every body-less request with 64 bytes, without allocating.
+func rawBackend(tb testing.TB) string {
+	ln := listen(tb)
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Length: 64\r\nContent-Type: text/plain\r\n\r\n" + strings.Repeat("x", 64))
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					for {
+						line, err := br.ReadSlice('\n')
+						if err != nil {
+							return
+						}
+						if len(line) <= 2 {
+							break
+						}
+					}
+					c.Write(resp)
+				}
+			})
+		}
+	})
+	tb.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+// BenchmarkOutboundHTTP measures one keep-alive GET through the whole outbound path: snapshot lookup, route, picker,
+// pooled upstream, metrics.
+func BenchmarkOutboundHTTP(b *testing.B) {
+	h := newHarness(b, serviceDoc("1", []string{rawBackend(b)}, ""))
+	conn, err := net.Dial("tcp", h.out)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	req := []byte("GET /bench HTTP/1.1\r\nHost: web\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+	br := bufio.NewReader(conn)
+	buf := make([]byte, len("HTTP/1.1 200 OK\r\nContent-Length: 64\r\nContent-Type: text/plain\r\n\r\n")+64)
+	b.ReportAllocs()
+	for b.Loop() {
+		conn.Write(req)
+		if _, err := io.ReadFull(br, buf); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -69,8 +70,11 @@ func Run(ctx context.Context, o RunOptions) error {
 	defer stop()
 	shutdown := make(chan struct{})
 	var once sync.Once
-	var p *Proxy
-	adm := &admin.Server{Metrics: m, Store: store, Draining: func() bool { return p != nil && p.Draining() }}
+	var running atomic.Pointer[Proxy]
+	adm := &admin.Server{Metrics: m, Store: store, Draining: func() bool {
+		p := running.Load()
+		return p != nil && p.Draining()
+	}}
 	if o.EnableShutdown {
 		adm.Shutdown = func() { once.Do(func() { close(shutdown) }) }
 	}
@@ -98,7 +102,8 @@ func Run(ctx context.Context, o RunOptions) error {
 		}
 	}
 
-	p = New(Options{Store: store, Metrics: m, Log: o.Log})
+	p := New(Options{Store: store, Metrics: m, Log: o.Log})
+	running.Store(p)
 	outLn, err := net.Listen("tcp", or(o.OutboundAddr, fmt.Sprintf(":%d", DefaultOutboundPort)))
 	if err != nil {
 		return err

@@ -82,10 +82,10 @@ func TestHalfClose(t *testing.T) {
 // TestIdleTimeout checks that a connection with no traffic is closed, while one that keeps moving bytes in only one
 // direction stays open.
 func TestIdleTimeout(t *testing.T) {
-	client, server, done := forward(t, Options{IdleTimeout: 200 * time.Millisecond})
-	for range 5 { // one-way traffic for 500ms: longer than the idle timeout
+	client, server, done := forward(t, Options{IdleTimeout: 500 * time.Millisecond})
+	for range 30 { // one-way traffic for 1.5s: longer than the idle timeout
 		server.Write([]byte("tick"))
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 	select {
 	case err := <-done:

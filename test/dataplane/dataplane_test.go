@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -118,8 +119,8 @@ func (e *env) run(args ...string) string {
 	return string(out)
 }
 
-// start runs a long-lived process in a namespace and stops it at cleanup.
-func (e *env) start(ns string, stdout io.Writer, args ...string) {
+// start runs a long-lived process in a namespace and stops it at cleanup; the channel closes when it exits.
+func (e *env) start(ns string, stdout io.Writer, args ...string) (*exec.Cmd, <-chan struct{}) {
 	e.t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
 	cmd.Stdout, cmd.Stderr = stdout, stdout
@@ -127,10 +128,13 @@ func (e *env) start(ns string, stdout io.Writer, args ...string) {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
 	e.t.Cleanup(func() {
 		cmd.Process.Kill()
-		cmd.Wait()
+		<-done
 	})
+	return cmd, done
 }
 
 func (e *env) startHelper(ns, mode, arg string) {
@@ -250,7 +254,7 @@ func TestTransparentInterception(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &lockedBuffer{}
-	e.start(e.pod, logs, "setpriv", fmt.Sprintf("--reuid=%d", proxyUID), fmt.Sprintf("--regid=%d", proxyUID),
+	proxy, exited := e.start(e.pod, logs, "setpriv", fmt.Sprintf("--reuid=%d", proxyUID), fmt.Sprintf("--regid=%d", proxyUID),
 		"--clear-groups", proxyBin, "--config-dir="+cfgDir, "--log-level=debug", "--detect-timeout=200ms")
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -323,6 +327,22 @@ func TestTransparentInterception(t *testing.T) {
 		}
 		if t.Failed() {
 			t.Log(out)
+		}
+	})
+	t.Run("SIGTERM drains and exits", func(t *testing.T) {
+		if err := proxy.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			t.Fatal("proxy still running 20s after SIGTERM")
+		}
+		if !proxy.ProcessState.Success() {
+			t.Errorf("proxy exited with %v", proxy.ProcessState)
+		}
+		if !strings.Contains(logs.String(), "Proxy stopped") {
+			t.Errorf("no clean stop in the logs:\n%s", logs.String())
 		}
 	})
 }

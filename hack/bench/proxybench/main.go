@@ -21,10 +21,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -63,7 +66,10 @@ func main() {
 	flag.StringVar(&o.loadCPU, "load-cpu", "1", "CPU list for the load generator and the backend.")
 	flag.StringVar(&o.out, "out", "", "Also write the markdown table to this file.")
 	flag.Parse()
-	if err := run(o); err != nil {
+	// Interrupting the run still removes the namespace and stops the processes it started.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "proxybench:", err)
 		os.Exit(1)
 	}
@@ -94,7 +100,7 @@ type sample struct {
 	errors   int
 }
 
-func run(o options) error {
+func run(ctx context.Context, o options) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (network namespace and iptables)")
 	}
@@ -189,8 +195,12 @@ backend be
 	}
 	lat := map[string][]sample{}
 	thr := map[string][]sample{}
+	loadBefore := loadavg()
 	for r := 0; r < o.rounds; r++ {
 		for _, t := range targets {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			s, err := load(o, t, o.qps, o.latencyConns)
 			if err != nil {
 				return err
@@ -207,11 +217,21 @@ backend be
 	}
 	rss := map[string]string{"trellis": rssOf(trellis.Process.Pid), "haproxy": rssOf(hap.Process.Pid)}
 	table := report(o, targets, lat, thr, rss)
+	table += fmt.Sprintf("\nLoad average (1, 5, 15 min) before: %s; after: %s (%d CPUs).\n", loadBefore, loadavg(),
+		runtime.NumCPU())
 	fmt.Print(table)
 	if o.out != "" {
 		return os.WriteFile(o.out, []byte(table), 0o644)
 	}
 	return nil
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
 }
 
 func sh(args ...string) error {
