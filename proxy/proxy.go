@@ -130,6 +130,7 @@ func New(o Options) *Proxy {
 // snapshotConnector dials plain TCP with the connect timeout of the snapshot current at each dial.
 type snapshotConnector struct{ store *snapshot.Store }
 
+// Connect dials ep.
 func (c snapshotConnector) Connect(ctx context.Context, ep *balance.Endpoint) (net.Conn, error) {
 	timeout := time.Second
 	if s := c.store.Load(); s != nil {
@@ -304,6 +305,7 @@ type countedConn struct {
 	m *metrics.TCP
 }
 
+// Read reads from the client and counts the bytes.
 func (c *countedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
@@ -312,6 +314,7 @@ func (c *countedConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// Write writes to the client and counts the bytes.
 func (c *countedConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if n > 0 {
@@ -320,6 +323,7 @@ func (c *countedConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// CloseWrite half-closes the client connection (or closes it when it cannot half-close).
 func (c *countedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
@@ -454,8 +458,13 @@ func (r *outboundRouter) Route(req *h1.Request) h1.Target {
 // h2Request adapts an *http.Request for route matching.
 type h2Request struct{ r *http.Request }
 
+// Method returns the request method.
 func (q h2Request) Method() string { return q.r.Method }
-func (q h2Request) Path() string   { return q.r.URL.Path }
+
+// Path returns the request path.
+func (q h2Request) Path() string { return q.r.URL.Path }
+
+// Header returns the first value of a header.
 func (q h2Request) Header(lowerName string) (string, bool) {
 	v := q.r.Header.Values(lowerName)
 	if len(v) == 0 {

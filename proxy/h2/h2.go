@@ -115,6 +115,7 @@ type peeked struct {
 	r *bufio.Reader
 }
 
+// Read reads the peeked bytes first, then the connection.
 func (p *peeked) Read(b []byte) (int, error) { return p.r.Read(b) }
 
 // ServeConn serves streams on c until the client or Shutdown ends the connection. br holds bytes already peeked.
@@ -151,6 +152,7 @@ func isGRPC(r *http.Request) bool {
 	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
 }
 
+// ServeHTTP forwards one stream.
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	t := h.router.Route(r)

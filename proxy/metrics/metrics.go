@@ -97,7 +97,18 @@ func New() *Metrics {
 
 // HTTPLabels identify an HTTP traffic class: a route of a service in one direction.
 type HTTPLabels struct {
-	Direction, Authority, TLS, DstNamespace, DstService, Route, ClientID, ServerID string
+	// Direction is "inbound" or "outbound".
+	Direction string
+	// Authority is the service authority (outbound) or the request's Host (inbound).
+	Authority string
+	// TLS is "true" when the hop is mesh TLS, else "false".
+	TLS string
+	// DstNamespace and DstService name the destination service; empty when unknown.
+	DstNamespace, DstService string
+	// Route is the matched route's name; empty for the service's default route.
+	Route string
+	// ClientID (inbound) and ServerID (outbound) are the peer's SPIFFE ID under mesh TLS; empty otherwise.
+	ClientID, ServerID string
 }
 
 func (l HTTPLabels) values() []string {
@@ -174,7 +185,14 @@ func (r *Route) Response(code int, failed bool, latency time.Duration) {
 
 // TCPLabels identify a class of TCP connections.
 type TCPLabels struct {
-	Direction, TLS, DstNamespace, DstService, ClientID, ServerID string
+	// Direction is "inbound" or "outbound".
+	Direction string
+	// TLS is "true" when the connection is mesh TLS, else "false".
+	TLS string
+	// DstNamespace and DstService name the destination service; empty when unknown.
+	DstNamespace, DstService string
+	// ClientID (inbound) and ServerID (outbound) are the peer's SPIFFE ID under mesh TLS; empty otherwise.
+	ClientID, ServerID string
 }
 
 // TCP records connections of one class.
