@@ -5,12 +5,11 @@
 . "$(dirname "$0")/lib.sh"
 need_root
 
-stopped=()
 # stop <name...>: SIGTERM to all, SIGKILL to those still running after 10 s
 stop() {
   local n p pids=() i
   for n in "$@"; do
-    if p=$(pid_of "$n"); then pids+=("$p"); stopped+=("$n"); kill "$p" 2>/dev/null || true; fi
+    if p=$(pid_of "$n"); then pids+=("$p"); kill "$p" 2>/dev/null || true; fi
     rm -f "$RUN/$n.pid"
   done
   for ((i = 0; i < 50; i++)); do
@@ -19,6 +18,7 @@ stop() {
     sleep 0.2
   done
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  [ ${#pids[@]} -eq 0 ] || log "stopped $*"
 }
 
 stop prometheus kube-proxy kubelet
@@ -31,19 +31,18 @@ if running containerd; then
     for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true; done
     sleep 0.5
   done
+  log "removed all containers"
 fi
 stop kube-scheduler kube-controller-manager kube-apiserver
 stop etcd containerd
 # shims of this containerd outlive it; they are found by the socket path they were started with
 for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $RUN/containerd/containerd.sock" || true); do
   kill -9 "$p" 2>/dev/null || true
-  stopped+=("shim:$p")
 done
 # container processes left by killed shims (their cgroups are below kubepods)
 for f in $(find /sys/fs/cgroup/*/kubepods -name cgroup.procs 2>/dev/null); do
   for p in $(cat "$f" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
 done
-[ ${#stopped[@]} -eq 0 ] || log "stopped: ${stopped[*]}"
 
 # mounts below the cluster's folders and the fixed paths kubelet and containerd use (deepest first)
 umount_below() {

@@ -79,11 +79,14 @@ load() { # [tarball...]: default every infra and project image
   running containerd || { log "images: cluster not running; images load on the next cluster-up"; return 0; }
   local f n=0
   [ $# -gt 0 ] || set -- "$IMAGES"/*.tar "$PROJECT_IMAGES"/*.tar
-  for f in "$@"; do
+  local pids=() p
+  for f in "$@"; do # in parallel: unpacking the layers is most of the time
     [ -f "$f" ] || continue
-    ctr_ images import --no-unpack=false "$f" >/dev/null
+    ctr_ images import "$f" >/dev/null &
+    pids+=($!)
     n=$((n + 1))
   done
+  for p in "${pids[@]}"; do wait "$p" || die "images: import failed"; done
   log "images: loaded $n image tarballs into the cluster's containerd"
 }
 

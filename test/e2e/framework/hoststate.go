@@ -21,9 +21,11 @@ type HostState struct {
 var hostSysctls = []string{"vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
 	"kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes"}
 
-// CaptureHostState reads the host's state. Mounts and processes are limited to what could belong to the test
-// ground whose files are in stateDir: mounts below it and below the fixed kubelet/containerd/netns paths;
-// processes whose command line names stateDir (the daemons, containerd's shims) or that run in a pod's cgroup.
+// CaptureHostState reads the host's state, limited to what could belong to the test ground whose files are in
+// stateDir, so that other work on the machine does not count: namespaces, links, routes and iptables rules that
+// name the cluster's interfaces, addresses or chains; mounts below stateDir and the fixed kubelet, containerd and
+// netns paths; processes whose command line names stateDir (the daemons, containerd's shims) or that run in a
+// pod's cgroup.
 func CaptureHostState(ctx context.Context, stateDir string) (*HostState, error) {
 	var s HostState
 	var err error
@@ -34,24 +36,22 @@ func CaptureHostState(ctx context.Context, stateDir string) (*HostState, error) 
 		}
 		return nonEmpty(string(out))
 	}
-	s.Netns = lines("ip", "netns", "list")
+	for _, n := range lines("ip", "netns", "list") {
+		if strings.HasPrefix(n, NetNS) || strings.HasPrefix(n, "cni-") {
+			s.Netns = append(s.Netns, n)
+		}
+	}
 	for _, l := range lines("ip", "-o", "link", "show") {
-		if f := strings.Fields(l); len(f) > 1 {
+		if f := strings.Fields(l); len(f) > 1 && clusterText(f[1]) {
 			s.Links = append(s.Links, strings.TrimSuffix(f[1], ":"))
 		}
 	}
-	s.Routes = lines("ip", "route", "show", "table", "all")
-	for _, table := range []string{"filter", "nat", "mangle", "raw"} {
-		for _, backend := range []string{"iptables-nft", "iptables-legacy", "ip6tables-nft", "ip6tables-legacy"} {
-			if _, lerr := exec.LookPath(backend); lerr != nil {
-				continue
-			}
-			out, _ := exec.CommandContext(ctx, backend, "-t", table, "-S").CombinedOutput()
-			for _, l := range nonEmpty(string(out)) {
-				s.Iptables = append(s.Iptables, backend+" "+table+": "+l)
-			}
+	for _, r := range lines("ip", "route", "show", "table", "all") {
+		if clusterText(r) {
+			s.Routes = append(s.Routes, r)
 		}
 	}
+	s.Iptables = iptablesRules(ctx)
 	for _, k := range hostSysctls {
 		b, _ := os.ReadFile("/proc/sys/" + strings.ReplaceAll(k, ".", "/"))
 		s.Sysctls = append(s.Sysctls, k+"="+strings.TrimSpace(string(b)))
@@ -68,6 +68,47 @@ func CaptureHostState(ctx context.Context, stateDir string) (*HostState, error) 
 	s.Cgroups, _ = filepath.Glob("/sys/fs/cgroup/*/kubepods")
 	s.Processes = clusterProcesses(stateDir)
 	return &s, err
+}
+
+// clusterText reports whether a link, route or rule names the test ground's interfaces, address ranges or the
+// chains kube-proxy, kubelet and the CNI plugins create.
+func clusterText(s string) bool {
+	for _, m := range []string{"trellis0", "cni0", "10.200.0.", "10.244.", "10.96.", "KUBE-", "CNI-"} {
+		if strings.Contains(s, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// iptablesRules lists the host's cluster-related iptables rules of both back ends. Legacy tables are read only if
+// they exist already (reading one would create it).
+func iptablesRules(ctx context.Context) []string {
+	var out []string
+	list := func(tool, table string) {
+		if _, err := exec.LookPath(tool); err != nil {
+			return
+		}
+		b, _ := exec.CommandContext(ctx, tool, "-t", table, "-S").Output()
+		for _, l := range nonEmpty(string(b)) {
+			if clusterText(l) {
+				out = append(out, tool+" -t "+table+" "+l)
+			}
+		}
+	}
+	for _, fam := range []struct{ nft, legacy, names string }{
+		{"iptables-nft", "iptables-legacy", "/proc/net/ip_tables_names"},
+		{"ip6tables-nft", "ip6tables-legacy", "/proc/net/ip6_tables_names"},
+	} {
+		for _, t := range []string{"filter", "nat", "mangle", "raw"} {
+			list(fam.nft, t)
+		}
+		b, _ := os.ReadFile(fam.names)
+		for _, t := range nonEmpty(string(b)) {
+			list(fam.legacy, t)
+		}
+	}
+	return out
 }
 
 func clusterPath(stateDir, p string) bool {
