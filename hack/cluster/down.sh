@@ -40,8 +40,8 @@ for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $RUN/containerd/containe
   kill -9 "$p" 2>/dev/null || true
 done
 # container processes left by killed shims (their cgroups are below kubepods)
-for f in $(find /sys/fs/cgroup/*/kubepods -name cgroup.procs 2>/dev/null); do
-  for p in $(cat "$f" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+find /sys/fs/cgroup/*/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | while read -r p; do
+  kill -9 "$p" 2>/dev/null || true
 done
 
 # mounts below the cluster's folders and the fixed paths kubelet and containerd use (deepest first)

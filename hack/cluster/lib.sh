@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # variables are used by the scripts that source this file
 # Shared settings and helpers for the test-ground scripts (sourced, not run).
 #
 # The test ground is one single-node Kubernetes cluster per machine. Its node lives in the network namespace
@@ -52,7 +53,7 @@ HOST_PATHS=(/run/containerd /var/lib/kubelet /var/log/containers /var/log/pods /
 # Daemons in start order; down stops them in reverse.
 DAEMONS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy prometheus)
 
-IN_NODE=(nsenter --net=/var/run/netns/$NETNS)
+IN_NODE=(nsenter "--net=/var/run/netns/$NETNS")
 export PATH=$KBIN:$ROOT/bin:$PATH
 
 T0=${T0:-$(date +%s.%N)}

@@ -2,7 +2,7 @@
 # Creates the test ground's PKI (ECDSA P-256, openssl) and the components' kubeconfigs. Keeps an existing PKI.
 . "$(dirname "$0")/lib.sh"
 mkdir -p "$PKI" "$CFG"
-cd "$PKI"
+cd "$PKI" || exit 1
 
 if [ ! -f ca.crt ]; then
   log "pki: creating CA and certificates in $PKI"

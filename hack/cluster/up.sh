@@ -14,9 +14,12 @@ if healthy; then
   log "cluster already up; kubeconfig: $KUBECONFIG_PATH"
   exit 0
 fi
-if [ -e "/var/run/netns/$NETNS" ] || compgen -G "$RUN/*.pid" >/dev/null; then
+if compgen -G "$RUN/*.pid" >/dev/null; then
   log "found a partial cluster: tearing it down first"
   "$HACK/down.sh"
+elif [ -e "/var/run/netns/$NETNS" ]; then
+  die "network namespace $NETNS exists but was not started from $STATE (another TRELLIS_CACHE, or a crash): \
+run 'make cluster-down' with the TRELLIS_CACHE that started it, or 'hack/cluster/down.sh' to clear it"
 fi
 
 # 1. host packages (Debian)
@@ -135,4 +138,4 @@ kc -n kube-system rollout status deploy/coredns --timeout=120s >/dev/null
 log "coredns: ready at $DNS_SVC_IP"
 "$HACK/prometheus.sh" up
 
-log "cluster up: kubectl --kubeconfig $KUBECONFIG_PATH get nodes"
+log "cluster up: kubectl --kubeconfig $KUBECONFIG_PATH get nodes; Prometheus: http://$PROM_ADDR"

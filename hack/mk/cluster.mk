@@ -25,4 +25,4 @@ images: ## Build trellis.io/<name>:dev images of every cmd/<name> and test/apps/
 
 .PHONY: test-e2e
 test-e2e: $(KUSTOMIZE) ## Run the end-to-end suites on the cluster (starts it if needed and stops what it started).
-	$(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) ./test/e2e/... $(E2E_FLAGS)
+	$(GO) test -tags e2e -count=1 -p 1 -v -timeout $(E2E_TIMEOUT) ./test/e2e/... $(E2E_FLAGS)
