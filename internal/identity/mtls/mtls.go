@@ -5,7 +5,7 @@
 // bundle takes effect for the next handshake without rebuilding the configs. Chains are verified by hand in
 // VerifyConnection (InsecureSkipVerify on the client, RequireAnyClientCert on the server) because SPIFFE IDs are URI
 // SANs, which Go's built-in verification does not match, and because the built-in checks would pin the roots the
-// config was built with. VerifyConnection also runs on resumed sessions, so resumption never skips the checks.
+// config was built with. VerifyConnection also runs on resumed handshakes, so resumption never skips the checks.
 //
 // # ALPN
 //
@@ -62,9 +62,6 @@ func (s staticCredentials) Roots() *x509.CertPool         { return s.roots }
 
 // ErrNoCertificate is returned by a handshake while the Credentials hold no certificate yet.
 var ErrNoCertificate = errors.New("mtls: no workload certificate yet")
-
-// now is the clock used for chain verification; tests replace it.
-var now = time.Now
 
 // ClientConfig returns the configuration for dialing a meshed peer whose SPIFFE ID must be server. protocols is the
 // ALPN list to offer (ALPNHTTP2 and/or ALPNTransport); it defaults to ALPNTransport. The handshake fails unless the
@@ -157,7 +154,7 @@ func VerifyPeer(chain []*x509.Certificate, roots *x509.CertPool, usage x509.ExtK
 	if leaf.IsCA {
 		return spiffe.ID{}, errors.New("mtls: peer certificate is a CA")
 	}
-	opts := x509.VerifyOptions{Roots: roots, CurrentTime: now(), KeyUsages: []x509.ExtKeyUsage{usage}}
+	opts := x509.VerifyOptions{Roots: roots, CurrentTime: time.Now(), KeyUsages: []x509.ExtKeyUsage{usage}}
 	if len(chain) > 1 {
 		opts.Intermediates = x509.NewCertPool()
 		for _, c := range chain[1:] {

@@ -62,7 +62,7 @@ func handshake(t *testing.T, client, server *tls.Config) (c, s result) {
 		cc.Close()
 	} else {
 		// In TLS 1.3 the server verifies the client's certificate after the client finished; read to let the
-		// server's verdict arrive (an alert or the session ticket).
+		// server's verdict arrive (an alert or the resumption ticket).
 		_ = conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 		var b [1]byte
 		if _, rerr := conn.Read(b[:]); rerr != nil && !isTimeout(rerr) {

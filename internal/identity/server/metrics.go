@@ -10,9 +10,14 @@ import (
 
 // Metric names; docs/identity.md describes them.
 const (
-	MetricCertifyTotal               = "identity_certify_total"
-	MetricIssuerExpirationTimestamp  = "identity_issuer_expiration_timestamp_seconds"
-	MetricSecretLoadTotal            = "identity_secret_load_total"
+	// MetricCertifyTotal counts certify requests by result (issued, refused, failed) and reason.
+	MetricCertifyTotal = "identity_certify_total"
+	// MetricIssuerExpirationTimestamp is the NotAfter of the issuer in use, in seconds since the epoch.
+	MetricIssuerExpirationTimestamp = "identity_issuer_expiration_timestamp_seconds"
+	// MetricSecretLoadTotal counts versions of the watched Secrets by secret (issuer, serving) and result (loaded,
+	// invalid, deleted).
+	MetricSecretLoadTotal = "identity_secret_load_total"
+	// MetricServingExpirationTimestamp is the NotAfter of the serving certificate, in seconds since the epoch.
 	MetricServingExpirationTimestamp = "identity_serving_cert_expiration_timestamp_seconds"
 )
 

@@ -193,11 +193,17 @@ func (s *Server) Start(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("identity server: already started")
 	}
+	fail := func(err error) error {
+		if s.opts.Listener != nil {
+			_ = s.opts.Listener.Close()
+		}
+		return err
+	}
 	if s.opts.Client == nil {
-		return errors.New("identity server: Client is required to watch Secrets")
+		return fail(errors.New("identity server: Client is required to watch Secrets"))
 	}
 	if s.opts.ServingSecret.Name == "" || s.opts.ServingSecret.Namespace == "" {
-		return errors.New("identity server: ServingSecret is required")
+		return fail(errors.New("identity server: ServingSecret is required"))
 	}
 	ln := s.opts.Listener
 	if ln == nil {

@@ -120,7 +120,8 @@ type Options struct {
 	Clock clock.Clock
 	// Rand returns uniform numbers in [0, 1) for jitter. Default: math/rand/v2.Float64.
 	Rand func() float64
-	// Registerer receives the metrics. Default: nil, metrics are kept but not registered.
+	// Registerer receives the metrics; New fails if they are already registered there (one Manager per registry).
+	// Default: nil, metrics are kept but not registered.
 	Registerer prometheus.Registerer
 	// Logger receives logs. Default: logr.Discard().
 	Logger logr.Logger
