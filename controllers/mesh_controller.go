@@ -11,6 +11,7 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -47,6 +48,8 @@ type MeshReconciler struct {
 	CertManagerInstalled bool
 	// Clock tells the time (certificate expiry); default: the real clock.
 	Clock clock.PassiveClock
+	// ClusterDomain is the cluster's DNS domain; default: cluster.local.
+	ClusterDomain string
 
 	applier *applier
 }
@@ -57,6 +60,9 @@ type meshScope struct {
 	mesh       *meshv1alpha1.Mesh
 	original   *meshv1alpha1.Mesh
 	namespaces []string
+	// unmeshed are the namespaces no Mesh owns, when this Mesh is the oldest (it reports on the policies and splits
+	// there); nil otherwise.
+	unmeshed map[string]bool
 	// desired are the objects the phases rendered; prunable are the kinds and components rendered completely.
 	desired  []client.Object
 	prunable []pruneScope
@@ -122,7 +128,7 @@ func (r *MeshReconciler) Reconcile(ctx context.Context, req ctrl.Request) (resul
 			err = perr
 		}
 	}()
-	for _, run := range []phase{r.validate, r.selectNamespaces, r.reconcileIdentity, r.applyAndPrune} {
+	for _, run := range []phase{r.validate, r.selectNamespaces, r.reconcileIdentity, r.reconcileProxyConfig, r.applyAndPrune} {
 		if err := run(ctx, s); err != nil {
 			log.Error(err, "Reconcile phase failed", "mesh", klog.KObj(mesh))
 			return ctrl.Result{}, err
@@ -175,6 +181,9 @@ func (r *MeshReconciler) selectNamespaces(ctx context.Context, s *meshScope) err
 	}
 	owned, taken := namespaceClaims(m, meshes.Items, nsList.Items)
 	s.namespaces = owned
+	if oldestMesh(meshes.Items) == m.Name {
+		s.unmeshed = unownedNamespaces(meshes.Items, nsList.Items)
+	}
 	m.Status.MeshedNamespaces = int32(len(owned))
 	if len(taken) > 0 && isAccepted(m) {
 		msg := conflictMessage(taken)
@@ -215,7 +224,8 @@ func (r *MeshReconciler) writeStatus(ctx context.Context, s *meshScope) error {
 	m.Status.Proxies.Summary = fmt.Sprintf("%d/%d", m.Status.Proxies.Ready, m.Status.Proxies.Desired)
 	reason, message, ok := runChain(m.Status.Conditions,
 		conditionTrue(meshv1alpha1.ConditionAccepted),
-		conditionTrue(meshv1alpha1.ConditionIdentityReady))
+		conditionTrue(meshv1alpha1.ConditionIdentityReady),
+		conditionTrue(meshv1alpha1.ConditionConfigReady))
 	if ok {
 		reason = meshv1alpha1.ReasonReady
 		message = fmt.Sprintf("The Mesh covers %d namespace(s)", len(s.namespaces))
@@ -261,7 +271,14 @@ func (r *MeshReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.allMeshes),
 			builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, namespacePhaseChanged()))).
-		Owns(&corev1.ConfigMap{})
+		Owns(&corev1.ConfigMap{}).
+		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace)).
+		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace)).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace), builder.WithPredicates(podChanged())).
+		Watches(&meshv1alpha1.MeshPolicy{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&meshv1alpha1.TrafficSplit{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{}))
 	if r.CertManagerInstalled {
 		b = b.Owns(&cmapi.Certificate{}).Owns(&cmapi.Issuer{})
 	}
@@ -283,6 +300,48 @@ func namespacePhaseChanged() predicate.Predicate {
 			oldNs, okOld := e.ObjectOld.(*corev1.Namespace)
 			newNs, okNew := e.ObjectNew.(*corev1.Namespace)
 			return okOld && okNew && oldNs.Status.Phase != newNs.Status.Phase
+		},
+	}
+}
+
+// meshOfNamespace maps an event on a namespaced object to the Mesh that owns its namespace (or, when none does,
+// to the oldest Mesh, which reports that the object is not meshed).
+func (r *MeshReconciler) meshOfNamespace(ctx context.Context, obj client.Object) []reconcile.Request {
+	var meshes meshv1alpha1.MeshList
+	var namespaces corev1.NamespaceList
+	if err := r.Client.List(ctx, &meshes); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Listing meshes to requeue failed")
+		return nil
+	}
+	if len(meshes.Items) == 0 {
+		return nil
+	}
+	if err := r.Client.List(ctx, &namespaces); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Listing namespaces to requeue failed")
+		return nil
+	}
+	if name := owningMesh(obj.GetNamespace(), meshes.Items, namespaces.Items); name != "" {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: name}}}
+	}
+	return nil
+}
+
+// podChanged passes pod events that change what the mesh renders or counts: creation, deletion, and changes of
+// labels, annotations, ServiceAccount, phase or container readiness.
+func podChanged() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, okOld := e.ObjectOld.(*corev1.Pod)
+			n, okNew := e.ObjectNew.(*corev1.Pod)
+			if !okOld || !okNew {
+				return true
+			}
+			return !equality.Semantic.DeepEqual(o.Labels, n.Labels) ||
+				!equality.Semantic.DeepEqual(o.Annotations, n.Annotations) ||
+				o.Spec.ServiceAccountName != n.Spec.ServiceAccountName ||
+				o.Status.Phase != n.Status.Phase ||
+				!equality.Semantic.DeepEqual(o.Status.ContainerStatuses, n.Status.ContainerStatuses) ||
+				!equality.Semantic.DeepEqual(o.Status.InitContainerStatuses, n.Status.InitContainerStatuses)
 		},
 	}
 }

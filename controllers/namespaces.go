@@ -70,3 +70,85 @@ func namespaceClaims(mesh *meshv1alpha1.Mesh, meshes []meshv1alpha1.Mesh, namesp
 	}
 	return owned, taken
 }
+
+// oldestMesh returns the name of the oldest Mesh that is not being deleted, or "".
+func oldestMesh(meshes []meshv1alpha1.Mesh) string {
+	var oldest *meshv1alpha1.Mesh
+	for i := range meshes {
+		m := &meshes[i]
+		if m.DeletionTimestamp.IsZero() && (oldest == nil || olderThan(m, oldest)) {
+			oldest = m
+		}
+	}
+	if oldest == nil {
+		return ""
+	}
+	return oldest.Name
+}
+
+// unownedNamespaces returns the namespaces that no Mesh owns.
+func unownedNamespaces(meshes []meshv1alpha1.Mesh, namespaces []corev1.Namespace) map[string]bool {
+	owned := map[string]bool{}
+	for i := range meshes {
+		if !meshes[i].DeletionTimestamp.IsZero() {
+			continue
+		}
+		mine, _ := namespaceClaims(&meshes[i], meshes, namespaces)
+		for _, ns := range mine {
+			owned[ns] = true
+		}
+	}
+	out := map[string]bool{}
+	for _, ns := range namespaces {
+		if !owned[ns.Name] {
+			out[ns.Name] = true
+		}
+	}
+	return out
+}
+
+// owningMesh returns the Mesh that owns namespace ns, or the oldest Mesh when none does (it reports that
+// objects there are not meshed), or "" when there is no Mesh.
+func owningMesh(ns string, meshes []meshv1alpha1.Mesh, namespaces []corev1.Namespace) string {
+	for i := range meshes {
+		if !meshes[i].DeletionTimestamp.IsZero() {
+			continue
+		}
+		mine, _ := namespaceClaims(&meshes[i], meshes, namespaces)
+		for _, n := range mine {
+			if n == ns {
+				return meshes[i].Name
+			}
+		}
+	}
+	return oldestMesh(meshes)
+}
+
+// TrimPod is the manager's cache transform for Pods: it keeps what the reconciler reads (name, namespace, labels,
+// annotations, ServiceAccount, phase, container names and readiness) and drops the rest, so caching every pod of a
+// large cluster stays cheap.
+func TrimPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	trimmed := &corev1.Pod{
+		TypeMeta: pod.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
+			Labels: pod.Labels, Annotations: pod.Annotations, DeletionTimestamp: pod.DeletionTimestamp,
+		},
+		Spec:   corev1.PodSpec{ServiceAccountName: pod.Spec.ServiceAccountName, NodeName: pod.Spec.NodeName},
+		Status: corev1.PodStatus{Phase: pod.Status.Phase, PodIP: pod.Status.PodIP},
+	}
+	trim := func(in []corev1.ContainerStatus) []corev1.ContainerStatus {
+		out := make([]corev1.ContainerStatus, 0, len(in))
+		for _, s := range in {
+			out = append(out, corev1.ContainerStatus{Name: s.Name, Ready: s.Ready, Started: s.Started})
+		}
+		return out
+	}
+	trimmed.Status.ContainerStatuses = trim(pod.Status.ContainerStatuses)
+	trimmed.Status.InitContainerStatuses = trim(pod.Status.InitContainerStatuses)
+	return trimmed, nil
+}

@@ -37,6 +37,8 @@ const (
 	ReasonNotMeshed = "NotMeshed"
 	// ReasonServiceNotFound: a referenced Service does not exist.
 	ReasonServiceNotFound = "ServiceNotFound"
+	// ReasonBackendNotFound: a TrafficSplit backend does not exist or lacks the root service's ports.
+	ReasonBackendNotFound = "BackendNotFound"
 	// ReasonPortNotFound: a referenced port is not a port of the Service.
 	ReasonPortNotFound = "PortNotFound"
 	// ReasonConflicted: another object already configures the same target.
@@ -49,6 +51,8 @@ const (
 	ReasonCertManagerMissing = "CertManagerMissing"
 	// ReasonIssuerNotReady: cert-manager has not issued a certificate the mesh needs; the message says why.
 	ReasonIssuerNotReady = "IssuerNotReady"
+	// ReasonConfigTooLarge: the proxy configuration does not fit in the ConfigMaps a namespace may hold.
+	ReasonConfigTooLarge = "ConfigTooLarge"
 	// ReasonApplyFailed: the manager could not write an object it renders; the message has the API error.
 	ReasonApplyFailed = "ApplyFailed"
 )

@@ -63,6 +63,7 @@ func main() {
 		// The manager caches only the ConfigMaps it renders, and no Secrets (it reads the few it needs directly).
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedByValue})},
+			&corev1.Pod{}:       {Transform: controllers.TrimPod},
 		}},
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
 	})

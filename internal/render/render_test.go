@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
+	"github.com/trellis-mesh/trellis/internal/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -147,3 +148,7 @@ func TestTrustAnchors(t *testing.T) {
 		})
 	}
 }
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { testenv.Main(m, &env) }
