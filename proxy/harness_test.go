@@ -61,7 +61,10 @@ var testLog = func() *slog.Logger {
 // clusterIP is the fake service address tests route to.
 var clusterIP = netip.MustParseAddrPort("10.96.0.1:80")
 
-func newHarness(t testing.TB, doc string) *harness {
+func newHarness(t testing.TB, doc string) *harness { return newHarnessWith(t, doc, nil) }
+
+// newHarnessWith lets a test adjust the proxy's options before it starts.
+func newHarnessWith(t testing.TB, doc string, mutate func(*Options)) *harness {
 	t.Helper()
 	h := &harness{t: t, metrics: metrics.New(), store: &snapshot.Store{}, dir: t.TempDir()}
 	h.watcher = &reload.Watcher{Dir: h.dir, Interval: 5 * time.Millisecond, Store: h.store, Metrics: h.metrics,
@@ -77,9 +80,13 @@ func newHarness(t testing.TB, doc string) *harness {
 	h.dst.Store(&d)
 	out, in := listen(t), listen(t)
 	h.out, h.in = out.Addr().String(), in.Addr().String()
-	h.p = New(Options{Store: h.store, Metrics: h.metrics, Log: testLog,
+	o := Options{Store: h.store, Metrics: h.metrics, Log: testLog,
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return *h.dst.Load(), nil },
-		OwnPorts:    []uint16{port(h.out), port(h.in)}})
+		OwnPorts:    []uint16{port(h.out), port(h.in)}}
+	if mutate != nil {
+		mutate(&o)
+	}
+	h.p = New(o)
 	var wg sync.WaitGroup
 	wg.Go(func() { h.p.Serve(out, Outbound) })
 	wg.Go(func() { h.p.Serve(in, Inbound) })
