@@ -85,7 +85,9 @@ func TestHTTP2ShutdownGoAway(t *testing.T) {
 
 type denyAll struct{}
 
-func (denyAll) Authorize(authz.Request) authz.Decision { return authz.Decision{Authorization: "test:deny"} }
+func (denyAll) Authorize(authz.Request) authz.Decision {
+	return authz.Decision{Authorization: "test:deny"}
+}
 
 // TestInboundAuthorizerDenies checks the authorization seam: a denial closes TCP connections before any byte reaches
 // the application.
