@@ -105,12 +105,12 @@ func TestGRPCInterop(t *testing.T) {
 // h2specResult matches h2spec's summary line.
 var h2specResult = regexp.MustCompile(`(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed`)
 
-// h2specKnownFailures are the h2spec cases the proxy fails because of deliberate choices in golang.org/x/net/http2's
-// server; docs/proxy.md explains each.
+// h2specKnownFailures are the h2spec cases the proxy fails because of deliberate choices in Go's HTTP/2 server
+// (net/http); docs/proxy.md explains each.
 var h2specKnownFailures = map[string]bool{
-	// x/net hangs up on a SETTINGS frame that repeats a setting instead of applying the values in order.
+	// Go hangs up on a SETTINGS frame that repeats a setting instead of applying the values in order.
 	"6.5.3. 1: Sends multiple values of SETTINGS_INITIAL_WINDOW_SIZE": true,
-	// x/net answers a request carrying a connection-specific field (or TE other than "trailers") with 400 Bad
+	// Go answers a request carrying a connection-specific field (or TE other than "trailers") with 400 Bad
 	// Request instead of resetting the stream with PROTOCOL_ERROR. The request is refused either way, never forwarded.
 	"8.1.2.2. 1: Sends a HEADERS frame that contains the connection-specific header field":                     true,
 	`8.1.2.2. 2: Sends a HEADERS frame that contains the TE header field with any value other than "trailers"`: true,

@@ -378,7 +378,7 @@ func (p *Proxy) serveOutbound(raw net.Conn) {
 	case detect.HTTP1:
 		p.h1.ServeConn(c, br, r)
 	case detect.HTTP2:
-		// x/net's frame reader may still be reading br after ServeConn returns: br is not reused.
+		// net/http's frame reader may still be reading br after the connection closes: br is not reused.
 		pooled = false
 		p.h2.ServeConn(context.Background(), c, br, h2Outbound{r})
 		c.Close()

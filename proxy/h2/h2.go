@@ -1,12 +1,11 @@
 // Package h2 forwards HTTP/2 with prior knowledge (h2c, as gRPC speaks it) stream by stream to upstream endpoints over
-// multiplexed HTTP/2 connections. Bodies stream in both directions through a fixed buffer under HTTP/2 flow control;
+// multiplexed HTTP/2 connections, on net/http's HTTP/2 server and transport. Bodies stream in both directions through a fixed buffer under HTTP/2 flow control;
 // trailers (gRPC status) and resets pass through; Shutdown sends GOAWAY.
 package h2
 
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -17,8 +16,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/net/http2"
 
 	"github.com/trellis-mesh/trellis/proxy/balance"
 	"github.com/trellis-mesh/trellis/proxy/metrics"
@@ -47,16 +44,14 @@ type Router interface {
 	Route(r *http.Request) Target
 }
 
-// Server serves HTTP/2 client connections.
+// Server serves HTTP/2 client connections handed to it one by one.
 type Server struct {
-	// Log receives stream failures at debug level.
-	Log *slog.Logger
-
-	h2s       *http2.Server
-	base      *http.Server
-	transport *http2.Transport
+	log       *slog.Logger
+	srv       *http.Server
+	ln        *connListener
+	transport *http.Transport
 	bufs      sync.Pool
-	wg        sync.WaitGroup
+	served    chan struct{}
 }
 
 // Options configure NewServer.
@@ -66,12 +61,14 @@ type Options struct {
 	// IdleTimeout closes client and upstream connections without streams for this long. Default 90s.
 	IdleTimeout time.Duration
 	// MaxConcurrentStreams is advertised to clients. Default 1000.
-	MaxConcurrentStreams uint32
+	MaxConcurrentStreams int
 	// Log receives stream failures at debug level. Default slog.Default().
 	Log *slog.Logger
 }
 
-// NewServer returns a Server that forwards over its own HTTP/2 transport.
+type routerKey struct{}
+
+// NewServer returns a Server that forwards over its own HTTP/2 transport. It runs until Shutdown.
 func NewServer(o Options) *Server {
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 90 * time.Second
@@ -82,70 +79,127 @@ func NewServer(o Options) *Server {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	s := &Server{Log: o.Log}
-	// Advertise the protocol's default maximum frame size (RFC 9113 §6.5.2) rather than x/net's 1 MiB, so frames
-	// larger than 16 KiB are refused with FRAME_SIZE_ERROR as peers expect.
-	s.h2s = &http2.Server{IdleTimeout: o.IdleTimeout, MaxConcurrentStreams: o.MaxConcurrentStreams,
-		MaxReadFrameSize: 16 << 10}
-	s.base = &http.Server{ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug)}
-	if err := http2.ConfigureServer(s.base, s.h2s); err != nil {
-		panic(err) // only fails on TLS settings, which are not used
+	s := &Server{log: o.Log, ln: newConnListener(), served: make(chan struct{})}
+	h2c := new(http.Protocols)
+	h2c.SetUnencryptedHTTP2(true) // prior knowledge only: detection already saw the preface
+	s.srv = &http.Server{
+		Handler:     &handler{s: s},
+		Protocols:   h2c,
+		IdleTimeout: o.IdleTimeout,
+		// Advertise the protocol's default maximum frame size (RFC 9113 §6.5.2) rather than Go's 1 MiB, so frames
+		// larger than 16 KiB are refused with FRAME_SIZE_ERROR as peers expect.
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: o.MaxConcurrentStreams, MaxReadFrameSize: 16 << 10},
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pc, ok := c.(*clientConn); ok {
+				return context.WithValue(ctx, routerKey{}, pc.router)
+			}
+			return ctx
+		},
+		ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug),
 	}
+	go func() {
+		defer close(s.served)
+		s.srv.Serve(s.ln) //nolint:errcheck // ends with http.ErrServerClosed at Shutdown
+	}()
 	connector := o.Connector
-	s.transport = &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, _, addr string, _ *tls.Config) (net.Conn, error) {
+	s.transport = &http.Transport{
+		Protocols: h2c,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			ap, err := netip.ParseAddrPort(addr)
 			if err != nil {
 				return nil, err
 			}
 			return connector.Connect(ctx, &balance.Endpoint{Addr: ap, HostPort: addr})
 		},
-		IdleConnTimeout: o.IdleTimeout,
-		ReadIdleTimeout: 30 * time.Second,
-		PingTimeout:     15 * time.Second,
+		// A proxy relays bodies as they are: no transparent compression.
+		DisableCompression: true,
+		IdleConnTimeout:    o.IdleTimeout,
+		HTTP2:              &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 	}
 	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	return s
 }
 
-// peeked is a connection whose first bytes were read ahead into a bufio.Reader by detection.
-type peeked struct {
+// clientConn is a client connection whose first bytes were read ahead into a bufio.Reader by detection. Close
+// reports the end of the connection to ServeConn.
+type clientConn struct {
 	net.Conn
-	r *bufio.Reader
+	r      *bufio.Reader
+	router Router
+	once   sync.Once
+	done   chan struct{}
 }
 
 // Read reads the peeked bytes first, then the connection.
-func (p *peeked) Read(b []byte) (int, error) { return p.r.Read(b) }
+func (c *clientConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 
-// ServeConn serves streams on c until the client or Shutdown ends the connection. br holds bytes already peeked.
-func (s *Server) ServeConn(ctx context.Context, c net.Conn, br *bufio.Reader, router Router) {
-	s.wg.Add(1)
-	defer s.wg.Done()
-	s.h2s.ServeConn(&peeked{Conn: c, r: br}, &http2.ServeConnOpts{
-		Context:    ctx,
-		BaseConfig: s.base,
-		Handler:    &handler{s: s, router: router},
-	})
+// Close closes the connection and wakes ServeConn.
+func (c *clientConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { close(c.done) })
+	return err
 }
 
-// Shutdown sends GOAWAY on every connection and waits, until ctx ends, for their streams to finish.
-func (s *Server) Shutdown(ctx context.Context) {
-	s.base.Shutdown(ctx) //nolint:errcheck // nothing listens on base: this only triggers GOAWAY
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+// connListener hands connections accepted elsewhere to http.Server.Serve.
+type connListener struct {
+	ch     chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newConnListener() *connListener {
+	return &connListener{ch: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+// Accept returns the next connection given to ServeConn.
+func (l *connListener) Accept() (net.Conn, error) {
 	select {
-	case <-done:
-	case <-ctx.Done():
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
 	}
+}
+
+// Close stops Accept.
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+// Addr returns a placeholder address: connections come from the proxy's own listeners.
+func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// ServeConn serves streams on c until the client or Shutdown ends the connection. br holds bytes already peeked.
+// ServeConn returns when the connection is closed; br must not be reused before then.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn, br *bufio.Reader, router Router) {
+	cc := &clientConn{Conn: c, r: br, router: router, done: make(chan struct{})}
+	select {
+	case s.ln.ch <- cc:
+	case <-s.ln.closed:
+		c.Close()
+		return
+	case <-ctx.Done():
+		c.Close()
+		return
+	}
+	<-cc.done
+}
+
+// Shutdown sends GOAWAY on every connection and waits, until ctx ends, for their streams to finish; connections still
+// open then are closed.
+func (s *Server) Shutdown(ctx context.Context) {
+	if err := s.srv.Shutdown(ctx); err != nil {
+		s.srv.Close() //nolint:errcheck // best effort after the grace period
+	}
+	<-s.served
 }
 
 // CloseIdle closes idle upstream connections.
 func (s *Server) CloseIdle() { s.transport.CloseIdleConnections() }
 
 type handler struct {
-	s      *Server
-	router Router
+	s *Server
 }
 
 func isGRPC(r *http.Request) bool {
@@ -155,7 +209,12 @@ func isGRPC(r *http.Request) bool {
 // ServeHTTP forwards one stream.
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	t := h.router.Route(r)
+	router, ok := r.Context().Value(routerKey{}).(Router)
+	if !ok {
+		http.Error(w, "no router", http.StatusInternalServerError)
+		return
+	}
+	t := router.Route(r)
 	if t.Metrics != nil {
 		t.Metrics.Request()
 	}
