@@ -30,12 +30,12 @@ func TestHTTP2ShutdownGoAway(t *testing.T) {
 		close(arrived)
 		<-release
 		w.Header().Set("Trailer", "X-Done")
-		w.Write([]byte("streamed"))
+		_, _ = w.Write([]byte("streamed"))
 		w.Header().Set("X-Done", "yes")
 	})}
 	backend.Protocols = new(http.Protocols)
 	backend.Protocols.SetUnencryptedHTTP2(true)
-	go backend.Serve(ln)
+	go func() { _ = backend.Serve(ln) }()
 	t.Cleanup(func() { backend.Close() })
 	h := newHarness(t, serviceDoc("1", []string{ln.Addr().String()}, ""))
 	c := h2cClient(t)
@@ -95,8 +95,8 @@ func TestInboundAuthorizerDenies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, _ = c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
 	b, _ := io.ReadAll(c)
 	if strings.Contains(string(b), "app") {
 		t.Fatalf("denied client reached the application: %q", b)

@@ -88,8 +88,8 @@ func newHarnessWith(t testing.TB, doc string, mutate func(*Options)) *harness {
 	}
 	h.p = New(o)
 	var wg sync.WaitGroup
-	wg.Go(func() { h.p.Serve(out, Outbound) })
-	wg.Go(func() { h.p.Serve(in, Inbound) })
+	wg.Go(func() { _ = h.p.Serve(out, Outbound) })
+	wg.Go(func() { _ = h.p.Serve(in, Inbound) })
 	adm := httptest.NewServer((&admin.Server{Metrics: h.metrics, Store: h.store, Draining: h.p.Draining}).Handler())
 	h.admin = adm.URL
 	t.Cleanup(func() {
@@ -218,8 +218,8 @@ func (h *harness) configStatus() admin.ConfigStatus {
 // namedBackend answers with its name, so tests can see where requests went.
 func namedBackend(t testing.TB, name string) string {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		w.Write([]byte(name))
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = w.Write([]byte(name))
 	}))
 	t.Cleanup(srv.Close)
 	return srv.Listener.Addr().String()

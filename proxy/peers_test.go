@@ -79,7 +79,7 @@ func TestGRPCInterop(t *testing.T) {
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); srv.Wait() })
+	t.Cleanup(func() { cancel(); _ = srv.Wait() })
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	waitListening(t, addr)
 	h := newHarness(t, serviceDoc("1", []string{addr}, ""))
@@ -163,12 +163,12 @@ func h2specFailures(out string) []string {
 func newH2CServer(t testing.TB) string {
 	ln := listen(t)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		w.Write([]byte("h2c ok"))
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = w.Write([]byte("h2c ok"))
 	})}
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetUnencryptedHTTP2(true)
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()
 }

@@ -328,7 +328,7 @@ func (c *countedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
-	return c.Conn.Close()
+	return c.Close()
 }
 
 func (p *Proxy) serveOutbound(raw net.Conn) {

@@ -89,9 +89,9 @@ func echoServer(t testing.TB, banner string) string {
 			wg.Go(func() {
 				defer c.Close()
 				if banner != "" {
-					c.Write([]byte(banner))
+					_, _ = c.Write([]byte(banner))
 				}
-				io.Copy(c, c)
+				_, _ = io.Copy(c, c)
 			})
 		}
 	})
@@ -110,9 +110,9 @@ func TestUnknownDestinationIsTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	c.Write([]byte("ping over tcp"))
-	c.(*net.TCPConn).CloseWrite()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = c.Write([]byte("ping over tcp"))
+	_ = c.(*net.TCPConn).CloseWrite()
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != "ping over tcp" {
 		t.Fatalf("echo %q, %v", got, err)
@@ -138,7 +138,7 @@ func TestServerSpeaksFirst(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 			start := time.Now()
 			line, err := bufio.NewReader(c).ReadString('\n')
 			if err != nil || line != "220 hello\r\n" {
@@ -168,8 +168,8 @@ func TestLoopRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, _ = c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
 	if n, err := c.Read(make([]byte, 10)); err == nil {
 		t.Fatalf("looping connection answered %d bytes", n)
 	}
@@ -198,7 +198,7 @@ func TestGracefulShutdown(t *testing.T) {
 	slow := namedBackendFunc(t, func(w http.ResponseWriter, r *http.Request) {
 		close(arrived)
 		<-release
-		w.Write([]byte("done"))
+		_, _ = w.Write([]byte("done"))
 	})
 	h := newHarness(t, serviceDoc("1", []string{slow}, ""))
 	type result struct {
@@ -230,7 +230,7 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond) // Shutdown closes the listeners right after it starts draining
 	if c, err := net.DialTimeout("tcp", h.out, time.Second); err == nil {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c.Read(make([]byte, 1)); err == nil {
 			t.Error("new connection served while draining")
 		}
@@ -252,7 +252,7 @@ func namedBackendFunc(t testing.TB, f http.HandlerFunc) string {
 func newHTTPServer(t testing.TB, h http.Handler) string {
 	ln := listen(t)
 	srv := &http.Server{Handler: h}
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()
 }
@@ -290,7 +290,7 @@ func rawBackend(tb testing.TB) string {
 							break
 						}
 					}
-					c.Write(resp)
+					_, _ = c.Write(resp)
 				}
 			})
 		}
@@ -313,7 +313,7 @@ func BenchmarkOutboundHTTP(b *testing.B) {
 	buf := make([]byte, len("HTTP/1.1 200 OK\r\nContent-Length: 64\r\nContent-Type: text/plain\r\n\r\n")+64)
 	b.ReportAllocs()
 	for b.Loop() {
-		conn.Write(req)
+		_, _ = conn.Write(req)
 		if _, err := io.ReadFull(br, buf); err != nil {
 			b.Fatal(err)
 		}

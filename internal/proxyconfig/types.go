@@ -296,7 +296,7 @@ type Duration struct {
 func D(d time.Duration) *Duration { return &Duration{Duration: d} }
 
 // MarshalJSON writes the duration as a string such as "1.5s".
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.Duration.String()) }
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
 
 // UnmarshalJSON reads a Go duration string.
 func (d *Duration) UnmarshalJSON(b []byte) error {

@@ -42,7 +42,7 @@ type ConfigStatus struct {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("live\n")) })
+	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("live\n")) })
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
 		switch {
 		case s.Draining != nil && s.Draining():
@@ -50,7 +50,7 @@ func (s *Server) Handler() http.Handler {
 		case s.Store.Load() == nil:
 			http.Error(w, "no configuration loaded", http.StatusServiceUnavailable)
 		default:
-			w.Write([]byte("ready\n"))
+			_, _ = w.Write([]byte("ready\n"))
 		}
 	})
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) {
@@ -60,7 +60,7 @@ func (s *Server) Handler() http.Handler {
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(ConfigStatus{Version: snap.Version, Hash: snap.Hash, LoadedAt: snap.LoadedAt,
+		_ = json.NewEncoder(w).Encode(ConfigStatus{Version: snap.Version, Hash: snap.Hash, LoadedAt: snap.LoadedAt,
 			Files: snap.Source})
 	})
 	mux.HandleFunc("/shutdown", func(w http.ResponseWriter, r *http.Request) {
@@ -73,7 +73,7 @@ func (s *Server) Handler() http.Handler {
 			http.Error(w, "use POST", http.StatusMethodNotAllowed)
 			return
 		}
-		w.Write([]byte("shutting down\n"))
+		_, _ = w.Write([]byte("shutting down\n"))
 		go s.Shutdown()
 	})
 	return mux

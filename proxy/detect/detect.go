@@ -52,7 +52,7 @@ func Classify(b []byte) (p Protocol, more bool) {
 	switch b[0] {
 	case 0x16: // TLS handshake record: type, version (3, x), length (2 bytes), handshake type 1 = ClientHello.
 		if len(b) < 6 {
-			return Opaque, !(len(b) >= 2 && b[1] != 3)
+			return Opaque, len(b) < 2 || b[1] == 3
 		}
 		if b[1] == 3 && b[5] == 1 {
 			return TLS, false
@@ -73,10 +73,12 @@ func Classify(b []byte) (p Protocol, more bool) {
 // maxMethod bounds the length of a request method.
 const maxMethod = 24
 
+func isMethodChar(c byte) bool { return c >= 'A' && c <= 'Z' || c == '-' || c == '_' }
+
 func classifyHTTP1(b []byte) (Protocol, bool) {
 	i := 0
 	for ; i < len(b) && b[i] != ' '; i++ {
-		if c := b[i]; i >= maxMethod || !(c >= 'A' && c <= 'Z' || c == '-' || c == '_') {
+		if c := b[i]; i >= maxMethod || !isMethodChar(c) {
 			return Opaque, false
 		}
 	}
@@ -86,15 +88,14 @@ func classifyHTTP1(b []byte) (Protocol, bool) {
 	if i == 0 {
 		return Opaque, false
 	}
-	line := b
-	if i := bytes.IndexByte(b, '\n'); i >= 0 {
-		line = b[:i]
-	} else if len(b) < MaxPeek {
+	end := bytes.IndexByte(b, '\n')
+	switch {
+	case end < 0 && len(b) < MaxPeek:
 		return Opaque, true
-	} else {
+	case end < 0:
 		return HTTP1, false
 	}
-	line = bytes.TrimSuffix(line, []byte{'\r'})
+	line := bytes.TrimSuffix(b[:end], []byte{'\r'})
 	if bytes.HasSuffix(line, []byte(" HTTP/1.1")) || bytes.HasSuffix(line, []byte(" HTTP/1.0")) {
 		return HTTP1, false
 	}

@@ -78,11 +78,11 @@ func TestPeek(t *testing.T) {
 			client, server := tcpPair(t)
 			go func() {
 				for _, c := range tt.chunks {
-					client.Write([]byte(c))
+					_, _ = client.Write([]byte(c))
 					time.Sleep(5 * time.Millisecond)
 				}
 				if tt.close {
-					client.(*net.TCPConn).CloseWrite()
+					_ = client.(*net.TCPConn).CloseWrite()
 				}
 			}()
 			r := bufio.NewReaderSize(server, 4096)
@@ -132,7 +132,7 @@ func FuzzClassify(f *testing.F) {
 		// A decision must not change when more bytes arrive.
 		p2, more2 := Classify(append(append([]byte{}, b...), "\r\nxyz"...))
 		if more2 || p2 != p {
-			if !(p == HTTP1 && len(b) >= MaxPeek) {
+			if p != HTTP1 || len(b) < MaxPeek {
 				t.Fatalf("decision %v on %q changed to %v (more=%v) with more bytes", p, b, p2, more2)
 			}
 		}
@@ -158,10 +158,10 @@ func BenchmarkPeek(b *testing.B) {
 	buf := make([]byte, len(req))
 	b.ReportAllocs()
 	for b.Loop() {
-		client.Write(req)
+		_, _ = client.Write(req)
 		if p, _ := Peek(server, r, time.Second); p != HTTP1 {
 			b.Fatal(p)
 		}
-		io.ReadFull(r, buf)
+		_, _ = io.ReadFull(r, buf)
 	}
 }

@@ -109,9 +109,9 @@ func TestChunkedBodiesAndTrailers(t *testing.T) {
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("Trailer", "X-Sum")
 		w.Header().Set("X-Got-Trailer", r.Trailer.Get("X-Req-Trailer"))
-		w.Write(body)
+		_, _ = w.Write(body)
 		w.(http.Flusher).Flush()
-		w.Write([]byte("-end"))
+		_, _ = w.Write([]byte("-end"))
 		w.Header().Set("X-Sum", fmt.Sprint(len(body)))
 	}))
 	addr, _ := startProxy(t, srv.Listener.Addr().String(), nil)
@@ -194,9 +194,9 @@ func TestUpgradeTunnel(t *testing.T) {
 		}
 		conn, brw, _ := w.(http.Hijacker).Hijack()
 		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 		brw.Flush()
-		io.Copy(conn, brw)
+		_, _ = io.Copy(conn, brw)
 	}))
 	addr, _ := startProxy(t, srv.Listener.Addr().String(), nil)
 	conn, err := net.Dial("tcp", addr)
@@ -204,16 +204,20 @@ func TestUpgradeTunnel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" {
-		t.Fatalf("upgrade response %v %v", resp, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" {
+		t.Fatalf("upgrade response %v", resp)
 	}
 	for i := range 3 {
 		msg := fmt.Sprintf("frame-%d", i)
-		conn.Write([]byte(msg))
+		_, _ = conn.Write([]byte(msg))
 		buf := make([]byte, len(msg))
 		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != msg {
 			t.Fatalf("echo %q, %v", buf, err)
@@ -246,13 +250,14 @@ func TestHopByHop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprint(conn, "GET / HTTP/1.1\r\nHost: x\r\nConnection: X-Private, keep-alive\r\nX-Private: 1\r\n"+
 		"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-End: 1\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if len(b) != 0 {
 		t.Errorf("server received hop-by-hop fields: %s", b)
@@ -277,7 +282,7 @@ func TestRawExchanges(t *testing.T) {
 			time.Sleep(2 * time.Second)
 		default:
 			w.Header().Set("Content-Length", "5")
-			w.Write([]byte("hello"))
+			_, _ = w.Write([]byte("hello"))
 		}
 	}))
 	addr, _ := startProxy(t, srv.Listener.Addr().String(), func(tg *Target) { tg.Timeout = 300 * time.Millisecond })
@@ -308,14 +313,15 @@ func TestRawExchanges(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			io.WriteString(conn, tt.req)
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			_, _ = io.WriteString(conn, tt.req)
 			br := bufio.NewReader(conn)
 			method := strings.SplitN(tt.req, " ", 2)[0]
 			resp, err := http.ReadResponse(br, &http.Request{Method: method})
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer resp.Body.Close()
 			b, _ := io.ReadAll(resp.Body)
 			if resp.StatusCode != tt.wantStatus || string(b) != tt.wantBody {
 				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, b, tt.wantStatus, tt.wantBody)
@@ -348,7 +354,7 @@ func TestConnectFailure(t *testing.T) {
 // TestStaleUpstreamRetried checks that a request sent on a pooled connection the server has since closed is retried on
 // a new connection rather than failed.
 func TestStaleUpstreamRetried(t *testing.T) {
-	srv, conns := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	srv, conns := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) }))
 	addr, _ := startProxy(t, srv.Listener.Addr().String(), nil)
 	c := client(t)
 	get := func() {
@@ -375,10 +381,10 @@ func TestStaleUpstreamRetried(t *testing.T) {
 func TestStreamingResponse(t *testing.T) {
 	release := make(chan struct{})
 	srv, _ := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Write([]byte("first;"))
+		_, _ = w.Write([]byte("first;"))
 		w.(http.Flusher).Flush()
 		<-release
-		w.Write([]byte("second"))
+		_, _ = w.Write([]byte("second"))
 	}))
 	addr, _ := startProxy(t, srv.Listener.Addr().String(), nil)
 	resp, err := client(t).Get("http://" + addr + "/")
@@ -480,7 +486,7 @@ func rawBackend(tb testing.TB) string {
 							break
 						}
 					}
-					c.Write(resp)
+					_, _ = c.Write(resp)
 				}
 			})
 		}
@@ -503,7 +509,7 @@ func BenchmarkProxyHTTP(b *testing.B) {
 	buf := make([]byte, want)
 	b.ReportAllocs()
 	for b.Loop() {
-		conn.Write(req)
+		_, _ = conn.Write(req)
 		if _, err := io.ReadFull(br, buf); err != nil {
 			b.Fatal(err)
 		}

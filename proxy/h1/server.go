@@ -323,7 +323,7 @@ func (c *conn) send(u *upstream, bodyRunning *bool) error {
 // connection cannot carry another request afterwards.
 func (c *conn) stopBody() {
 	c.nc.SetReadDeadline(time.Unix(1, 0)) //nolint:errcheck // best effort: wakes the body reader
-	<-c.bodyCh
+	<-c.bodyCh                            //nolint:errcheck // the relay was interrupted on purpose; its error says only that
 }
 
 // readResponse reads the final response head, relaying interim (1xx) responses to the client.
@@ -418,7 +418,11 @@ func (c *conn) relayResponse(u *upstream, bodyRunning bool) bool {
 // tunnel relays a 101 Switching Protocols response and then bytes both ways until either side closes.
 func (c *conn) tunnel(u *upstream, bodyRunning bool) bool {
 	if bodyRunning {
-		<-c.bodyCh
+		if err := <-c.bodyCh; err != nil {
+			c.nc.Close()
+			u.conn.Close()
+			return false
+		}
 	}
 	if !c.req.connUpgrade || !c.req.upgrade {
 		u.conn.Close()
@@ -458,14 +462,14 @@ func (c *conn) failed(t Target, start time.Time, code int, reason string, err er
 func (c *conn) localReply(code int, reason string) {
 	c.bw.WriteString("HTTP/1.1 ")      //nolint:errcheck // checked by Flush
 	c.bw.WriteString(statusLine(code)) //nolint:errcheck // checked by Flush
-	c.bw.WriteString("\r\ncontent-length: 0\r\nconnection: close\r\n")
+	_, _ = c.bw.WriteString("\r\ncontent-length: 0\r\nconnection: close\r\n")
 	if reason != "" {
 		c.bw.WriteString("trellis-proxy-error: ") //nolint:errcheck // checked by Flush
 		c.bw.WriteString(reason)                  //nolint:errcheck // checked by Flush
 		c.bw.WriteString("\r\n")                  //nolint:errcheck // checked by Flush
 	}
 	c.bw.WriteString("\r\n") //nolint:errcheck // checked by Flush
-	c.bw.Flush()             //nolint:errcheck // the connection closes next
+	c.bw.Flush()
 }
 
 func statusLine(code int) string {
@@ -529,7 +533,7 @@ func writeResponseHead(w *bufio.Writer, m *message, closing, upgrade bool) {
 func writeFields(w *bufio.Writer, m *message, keepUpgrade bool) {
 	for i := range m.headers {
 		h := &m.headers[i]
-		if h.hop && !(keepUpgrade && eqFold(m.bytes(h.name), "upgrade")) {
+		if h.hop && (!keepUpgrade || !eqFold(m.bytes(h.name), "upgrade")) {
 			continue
 		}
 		w.Write(m.bytes(h.name))  //nolint:errcheck // checked by Flush

@@ -190,7 +190,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn, br *bufio.Reader, ro
 // open then are closed.
 func (s *Server) Shutdown(ctx context.Context) {
 	if err := s.srv.Shutdown(ctx); err != nil {
-		s.srv.Close() //nolint:errcheck // best effort after the grace period
+		s.srv.Close()
 	}
 	<-s.served
 }

@@ -132,10 +132,10 @@ func (rt *Route) Matches(r Request) bool {
 
 // Backend picks a backend by weight; nil when every weight is 0.
 func (rt *Route) Backend() *Backend {
-	switch n := len(rt.backends); {
-	case n == 0:
+	switch len(rt.backends) {
+	case 0:
 		return nil
-	case n == 1:
+	case 1:
 		return rt.backends[0]
 	}
 	total := rt.cumul[len(rt.cumul)-1]

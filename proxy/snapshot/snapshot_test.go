@@ -127,6 +127,6 @@ func BenchmarkRoute(b *testing.B) {
 	for b.Loop() {
 		rt := svc.Route(r)
 		be := rt.Backend()
-		be.Picker.Pick()
+		_, _, _ = be.Picker.Pick()
 	}
 }

@@ -57,16 +57,16 @@ func TestHalfClose(t *testing.T) {
 	client, server, done := forward(t, Options{Sent: &sent, Received: &recv, IdleTimeout: time.Minute})
 	req := bytes.Repeat([]byte("q"), 100_000)
 	go func() {
-		client.Write(req)
-		client.(*net.TCPConn).CloseWrite()
+		_, _ = client.Write(req)
+		_ = client.(*net.TCPConn).CloseWrite()
 	}()
 	got, err := io.ReadAll(server)
 	if err != nil || !bytes.Equal(got, req) {
 		t.Fatalf("server read %d bytes, %v", len(got), err)
 	}
 	reply := bytes.Repeat([]byte("r"), 70_000)
-	server.Write(reply)
-	server.(*net.TCPConn).CloseWrite()
+	_, _ = server.Write(reply)
+	_ = server.(*net.TCPConn).CloseWrite()
 	back, err := io.ReadAll(client)
 	if err != nil || !bytes.Equal(back, reply) {
 		t.Fatalf("client read %d bytes, %v", len(back), err)
@@ -84,7 +84,7 @@ func TestHalfClose(t *testing.T) {
 func TestIdleTimeout(t *testing.T) {
 	client, server, done := forward(t, Options{IdleTimeout: 500 * time.Millisecond})
 	for range 30 { // one-way traffic for 1.5s: longer than the idle timeout
-		server.Write([]byte("tick"))
+		_, _ = server.Write([]byte("tick"))
 		time.Sleep(50 * time.Millisecond)
 	}
 	select {
@@ -93,7 +93,7 @@ func TestIdleTimeout(t *testing.T) {
 	default:
 	}
 	buf := make([]byte, 64)
-	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for {
 		if _, err := client.Read(buf); err != nil {
 			break
@@ -107,14 +107,15 @@ func TestIdleTimeout(t *testing.T) {
 // TestResetPropagates checks that an abrupt close of one side ends both.
 func TestResetPropagates(t *testing.T) {
 	client, server, done := forward(t, Options{})
-	server.(*net.TCPConn).SetLinger(0)
+	_ = server.(*net.TCPConn).SetLinger(0)
 	server.Close()
-	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadAll(client); err != nil && errors.Is(err, errors.ErrUnsupported) {
 		t.Fatal(err)
 	}
 	select {
-	case <-done:
+	case err := <-done:
+		t.Logf("Forward returned %v", err)
 	case <-time.After(5 * time.Second):
 		t.Fatal("Forward did not return after the server closed")
 	}
@@ -123,30 +124,34 @@ func TestResetPropagates(t *testing.T) {
 func TestPrefixReplayed(t *testing.T) {
 	client, pc := pair(t)
 	ps, server := pair(t)
-	go Forward(pc, ps, Options{ClientReader: io.MultiReader(bytes.NewReader([]byte("peeked-")), pc)})
-	client.Write([]byte("rest"))
-	client.(*net.TCPConn).CloseWrite()
+	go func() {
+		_, _, _ = Forward(pc, ps, Options{ClientReader: io.MultiReader(bytes.NewReader([]byte("peeked-")), pc)})
+	}()
+	_, _ = client.Write([]byte("rest"))
+	_ = client.(*net.TCPConn).CloseWrite()
 	got, _ := io.ReadAll(server)
 	if string(got) != "peeked-rest" {
 		t.Fatalf("server got %q", got)
 	}
 	server.Close()
-	io.ReadAll(client)
+	_, _ = io.ReadAll(client)
 }
 
 // BenchmarkForward measures the copy loop: 64 KiB echoed through the forwarder per iteration.
 func BenchmarkForward(b *testing.B) {
 	client, pc := pair(b)
 	ps, server := pair(b)
-	go Forward(pc, ps, Options{IdleTimeout: time.Minute, Sent: &counter{}, Received: &counter{}})
-	go io.Copy(server, server)
+	go func() {
+		_, _, _ = Forward(pc, ps, Options{IdleTimeout: time.Minute, Sent: &counter{}, Received: &counter{}})
+	}()
+	go func() { _, _ = io.Copy(server, server) }()
 	msg := make([]byte, 64<<10)
 	buf := make([]byte, len(msg))
 	b.SetBytes(int64(len(msg)))
 	b.ReportAllocs()
 	for b.Loop() {
-		client.Write(msg)
-		io.ReadFull(client, buf)
+		_, _ = client.Write(msg)
+		_, _ = io.ReadFull(client, buf)
 	}
 	client.Close()
 	server.Close()

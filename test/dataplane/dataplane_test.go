@@ -46,7 +46,7 @@ func helper(mode, arg string) int {
 	case "http-server": // arg: addr=name
 		addr, name, _ := strings.Cut(arg, "=")
 		err := http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			io.Copy(io.Discard, r.Body)
+			_, _ = io.Copy(io.Discard, r.Body)
 			fmt.Fprintf(w, "%s saw %s %s from %s", name, r.Method, r.URL.Path, r.RemoteAddr)
 		}))
 		fmt.Fprintln(os.Stderr, err)
@@ -64,7 +64,7 @@ func helper(mode, arg string) int {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c) // echo until the client half-closes, then close
+				_, _ = io.Copy(c, c) // echo until the client half-closes, then close
 			}()
 		}
 	case "tcp-client": // arg: addr; sends stdin, half-closes, prints the reply
@@ -73,12 +73,12 @@ func helper(mode, arg string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		if _, err := io.Copy(c, os.Stdin); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		c.(*net.TCPConn).CloseWrite()
+		_ = c.(*net.TCPConn).CloseWrite()
 		if _, err := io.Copy(os.Stdout, c); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -129,9 +129,9 @@ func (e *env) start(ns string, stdout io.Writer, args ...string) (*exec.Cmd, <-c
 		e.t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
+	go func() { _ = cmd.Wait(); close(done) }()
 	e.t.Cleanup(func() {
-		cmd.Process.Kill()
+		_ = cmd.Process.Kill()
 		<-done
 	})
 	return cmd, done
@@ -146,8 +146,8 @@ func (e *env) startHelper(ns, mode, arg string) {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 	})
 }
 
@@ -192,7 +192,7 @@ func TestTransparentInterception(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
+	_ = os.Chmod(dir, 0o755)
 	proxyBin := filepath.Join(dir, "proxy")
 	build := exec.Command(goBin, "build", "-o", proxyBin, "github.com/trellis-mesh/trellis/cmd/proxy")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -203,9 +203,9 @@ func TestTransparentInterception(t *testing.T) {
 	e := &env{t: t, pod: "tdp-pod-" + suffix, peer: "tdp-peer-" + suffix, self: self}
 	vethPod, vethPeer := "tdpa"+suffix, "tdpb"+suffix
 	e.run("ip", "netns", "add", e.pod)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", e.pod).Run() })
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", e.pod).Run() })
 	e.run("ip", "netns", "add", e.peer)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", e.peer).Run() })
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", e.peer).Run() })
 	e.run("ip", "link", "add", vethPod, "netns", e.pod, "type", "veth", "peer", "name", vethPeer, "netns", e.peer)
 	for _, c := range [][]string{
 		{e.pod, "ip", "link", "set", "lo", "up"},
@@ -246,7 +246,7 @@ func TestTransparentInterception(t *testing.T) {
 	}
 
 	cfgDir := filepath.Join(dir, "config")
-	os.Mkdir(cfgDir, 0o755)
+	_ = os.Mkdir(cfgDir, 0o755)
 	doc := fmt.Sprintf(`{"apiVersion": "proxy.trellis.io/v1alpha1", "version": "dp-1",
 	  "services": [{"name": "web", "namespace": "shop", "clusterIPs": [%q, %q], "port": 80,
 	    "backends": [{"name": "web", "endpoints": [{"address": "%s:8080"}]}]}]}`, clusterIP, clusterIP6, peerIP)

@@ -79,9 +79,9 @@ func main() {
 func serveBackend(addr string) {
 	body := []byte(strings.Repeat("x", 64))
 	srv := &http.Server{Addr: addr, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "text/plain")
-		w.Write(body)
+		_, _ = w.Write(body)
 	})}
 	fmt.Fprintln(os.Stderr, srv.ListenAndServe())
 	os.Exit(1)
@@ -109,11 +109,11 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	exec.Command("ip", "netns", "del", ns).Run()
+	_ = exec.Command("ip", "netns", "del", ns).Run()
 	if err := sh("ip", "netns", "add", ns); err != nil {
 		return err
 	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
+	defer func() { _ = exec.Command("ip", "netns", "del", ns).Run() }()
 	for _, c := range [][]string{
 		{"ip", "link", "set", "lo", "up"},
 		{"ip", "addr", "add", clusterIP + "/32", "dev", "lo"},
@@ -129,8 +129,8 @@ func run(ctx context.Context, o options) error {
 	var procs []*exec.Cmd
 	defer func() {
 		for _, p := range procs {
-			p.Process.Kill()
-			p.Wait()
+			_ = p.Process.Kill()
+			_ = p.Wait()
 		}
 	}()
 	start := func(env []string, cpu string, args ...string) (*exec.Cmd, error) {
@@ -148,7 +148,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	cfgDir := filepath.Join(tmp, "config")
-	os.Mkdir(cfgDir, 0o755)
+	_ = os.Mkdir(cfgDir, 0o755)
 	doc := fmt.Sprintf(`{"apiVersion":"proxy.trellis.io/v1alpha1","version":"bench","services":[{"name":"backend",
 	  "namespace":"bench","clusterIPs":[%q],"port":80,"backends":[{"name":"backend","endpoints":[{"address":%q}]}]}]}`,
 		clusterIP, backend)
@@ -237,7 +237,7 @@ func loadavg() string {
 func sh(args ...string) error {
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, out)
 	}
 	return nil
 }
@@ -264,7 +264,7 @@ func load(o options, t target, qps, conns int) (sample, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), o.duration+time.Minute)
 	defer cancel()
 	if b, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
-		return sample{}, fmt.Errorf("fortio on %s: %v: %s", t.name, err, b)
+		return sample{}, fmt.Errorf("fortio on %s: %w: %s", t.name, err, b)
 	}
 	cpu1 := cpuTicks(t.pid)
 	var res struct {
