@@ -43,7 +43,9 @@ func (r *MeshReconciler) reconcileIdentity(ctx context.Context, s *meshScope) er
 		return nil
 	}
 	s.prunable = append(s.prunable, pruneScope{certificateGVK, render.ComponentIdentity}, pruneScope{issuerGVK, render.ComponentIdentity})
-	s.desired = append(s.desired, render.IdentityObjects(m)...)
+	if err := r.renderIdentityStages(ctx, s); err != nil {
+		return err
+	}
 
 	issuerSecret, err := r.readSecret(ctx, m.Spec.ControlPlaneNamespace, render.IdentityIssuerName(m))
 	if err != nil {
@@ -90,6 +92,26 @@ func (r *MeshReconciler) reconcileIdentity(ctx context.Context, s *meshScope) er
 	return nil
 }
 
+// renderIdentityStages renders the chain one issued stage at a time: a stage whose predecessor's Secret does not
+// exist yet waits, unless its Certificate already exists (a chain being re-issued keeps every stage).
+func (r *MeshReconciler) renderIdentityStages(ctx context.Context, s *meshScope) error {
+	ns := s.mesh.Spec.ControlPlaneNamespace
+	for _, st := range render.IdentityStages(s.mesh) {
+		if st.NeedsSecret != "" {
+			secret, err := r.readSecret(ctx, ns, st.NeedsSecret)
+			if err != nil {
+				return err
+			}
+			err = r.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: st.Certificate}, &cmapi.Certificate{})
+			if len(secret.Data[corev1.TLSCertKey]) == 0 && apierrors.IsNotFound(err) {
+				return nil
+			}
+		}
+		s.desired = append(s.desired, st.Objects...)
+	}
+	return nil
+}
+
 // identityChain checks, in order, the user's issuer (if any) and the Certificates Trellis requested, and returns
 // the first problem with a message that says what to do.
 func (r *MeshReconciler) identityChain(ctx context.Context, m *meshv1alpha1.Mesh, haveAnchors bool) (reason, message string, ok bool) {
@@ -98,9 +120,9 @@ func (r *MeshReconciler) identityChain(ctx context.Context, m *meshv1alpha1.Mesh
 			return reason, message, false
 		}
 	}
-	names := []string{render.IdentityIssuerName(m)}
+	names := []string{render.IdentityIssuerName(m), render.IdentityServingName(m)}
 	if m.Spec.Identity.IssuerRef == nil {
-		names = []string{render.TrustAnchorName(m), render.IdentityIssuerName(m)}
+		names = append([]string{render.TrustAnchorName(m)}, names...)
 	}
 	for _, name := range names {
 		cert := &cmapi.Certificate{}

@@ -11,12 +11,14 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -32,12 +34,18 @@ func main() {
 		probeAddr     string
 		leaderElect   bool
 		leaderElectNS string
+		identityMesh  string
+		identityAddr  string
+		clusterDomain string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "Address of the metrics endpoint; \"0\" disables it.")
 	flag.BoolVar(&metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, authenticated and authorized through the API server.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz probes.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader so that only one replica reconciles at a time.")
 	flag.StringVar(&leaderElectNS, "leader-election-namespace", "", "Namespace of the leader-election Lease; default: the pod's namespace.")
+	flag.StringVar(&identityMesh, "identity-mesh", "default", "Name of the Mesh whose workload identities the identity service issues.")
+	flag.StringVar(&identityAddr, "identity-bind-address", ":8080", "Address of the identity service; empty disables it.")
+	flag.StringVar(&clusterDomain, "cluster-domain", "cluster.local", "The cluster's DNS domain.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -75,13 +83,26 @@ func main() {
 	if !certManager {
 		log.Info("cert-manager is not installed: meshes will report IdentityReady=False until it is and the manager restarts")
 	}
-	reconciler := &controllers.MeshReconciler{Client: mgr.GetClient(), CertManagerInstalled: certManager}
+	reconciler := &controllers.MeshReconciler{Client: mgr.GetClient(), CertManagerInstalled: certManager, ClusterDomain: clusterDomain}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		log.Error(err, "Setting up the Mesh reconciler failed")
 		os.Exit(1)
 	}
 	utilruntime.Must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	utilruntime.Must(mgr.AddReadyzCheck("readyz", healthz.Ping))
+	if identityAddr != "" {
+		identity := &controllers.IdentityService{
+			Reader:     mgr.GetAPIReader(),
+			Clientset:  kubernetes.NewForConfigOrDie(mgr.GetConfig()),
+			MeshName:   identityMesh,
+			Addr:       identityAddr,
+			Registerer: crmetrics.Registry,
+			Recorder:   mgr.GetEventRecorder("trellis-identity"),
+			Log:        ctrl.Log.WithName("identity"),
+		}
+		utilruntime.Must(mgr.Add(identity))
+		utilruntime.Must(mgr.AddReadyzCheck("identity", identity.ReadyCheck))
+	}
 
 	log.Info("Starting the manager")
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {

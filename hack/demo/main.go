@@ -99,7 +99,8 @@ func run(keep bool) error {
 		return err
 	}
 	defer logFile.Close()
-	mgr := exec.Command(manager, "--kubeconfig", kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:0")
+	mgr := exec.Command(manager, "--kubeconfig", kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:0",
+		"--identity-bind-address=127.0.0.1:0")
 	mgr.Stdout, mgr.Stderr = logFile, logFile
 	if err := mgr.Start(); err != nil {
 		return err
@@ -164,7 +165,7 @@ func run(keep bool) error {
 	step("The identity chain cert-manager issued for the Mesh: kubectl get issuers,certificates -n trellis-system")
 	out, _ = kubectl("get", "issuers,certificates", "-n", "trellis-system")
 	fmt.Print(out)
-	step("The trust bundle in the meshed namespace shop (and none in legacy): kubectl get configmaps -A -l app.kubernetes.io/managed-by=trellis")
+	step("The trust bundle and proxy configuration in the meshed namespace shop (and none in legacy): kubectl get configmaps -A -l app.kubernetes.io/managed-by=trellis")
 	out, _ = kubectl("get", "configmaps", "-A", "-l", "app.kubernetes.io/managed-by=trellis")
 	fmt.Print(out)
 

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
+	"github.com/trellis-mesh/trellis/internal/wellknown"
 )
 
 // Component labels of identity objects.
@@ -31,20 +32,36 @@ var (
 	configMapType   = metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"}
 )
 
-// IdentityObjects returns the cert-manager objects behind a mesh's identity, in the control-plane namespace.
+// IdentityStage is a step of a mesh's certificate chain: its objects can be applied once the Secret of the step
+// before exists (cert-manager fails a certificate request whose CA issuer has no Secret yet, then backs off for an
+// hour, so the chain is built one issued step at a time).
+type IdentityStage struct {
+	// Objects are the stage's Issuers and Certificate.
+	Objects []client.Object
+	// Certificate is the name of the stage's Certificate and of its Secret.
+	Certificate string
+	// NeedsSecret is the Secret that must exist before the stage is applied; "" for the first stage.
+	NeedsSecret string
+}
+
+// IdentityStages returns the cert-manager objects behind a mesh's identity, in the control-plane namespace, in the
+// order they can be issued.
 //
-// Without spec.identity.issuerRef: a self-signed Issuer, a trust-anchor Certificate (isCA, ECDSA P-256) issued by
-// it, a CA Issuer on the anchor's Secret, and the identity-issuer Certificate (isCA, ECDSA P-256, rotationPolicy
-// Always) issued by that CA. With issuerRef: only the identity-issuer Certificate, issued by the user's issuer.
-func IdentityObjects(mesh *meshv1alpha1.Mesh) []client.Object {
+// Without spec.identity.issuerRef: a self-signed Issuer and a trust-anchor Certificate (isCA, ECDSA P-256) issued by
+// it; then a CA Issuer on the anchor's Secret and the identity-issuer Certificate (isCA, ECDSA P-256, rotationPolicy
+// Always) issued by that CA. With issuerRef, the identity-issuer Certificate is issued by the user's issuer instead.
+// Either way the last stage is a CA Issuer on the identity issuer and the identity service's serving Certificate
+// (IdentityServingName), whose chain proxies verify with the trust bundle.
+func IdentityStages(mesh *meshv1alpha1.Mesh) []IdentityStage {
 	ns := mesh.Spec.ControlPlaneNamespace
 	id := mesh.Spec.Identity
+	var stages []IdentityStage
 	issuerRef := cmmeta.IssuerReference{Name: TrustAnchorName(mesh), Kind: cmapi.IssuerKind, Group: "cert-manager.io"}
-	var objs []client.Object
+	issuerStage := IdentityStage{Certificate: IdentityIssuerName(mesh)}
 	if id.IssuerRef != nil {
 		issuerRef = cmmeta.IssuerReference{Name: id.IssuerRef.Name, Kind: id.IssuerRef.Kind, Group: id.IssuerRef.Group}
 	} else {
-		objs = append(objs,
+		stages = append(stages, IdentityStage{Certificate: TrustAnchorName(mesh), Objects: []client.Object{
 			&cmapi.Issuer{
 				TypeMeta:   issuerType,
 				ObjectMeta: meta(mesh, ns, selfSignedIssuerName(mesh), ComponentIdentity),
@@ -63,16 +80,36 @@ func IdentityObjects(mesh *meshv1alpha1.Mesh) []client.Object {
 					IssuerRef:  cmmeta.IssuerReference{Name: selfSignedIssuerName(mesh), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
 				},
 			},
-			&cmapi.Issuer{
-				TypeMeta:   issuerType,
-				ObjectMeta: meta(mesh, ns, TrustAnchorName(mesh), ComponentIdentity),
-				Spec:       cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: TrustAnchorName(mesh)}}},
-			},
-		)
+		}})
+		issuerStage.NeedsSecret = TrustAnchorName(mesh)
+		issuerStage.Objects = append(issuerStage.Objects, &cmapi.Issuer{
+			TypeMeta:   issuerType,
+			ObjectMeta: meta(mesh, ns, TrustAnchorName(mesh), ComponentIdentity),
+			Spec:       cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: TrustAnchorName(mesh)}}},
+		})
 	}
-	objs = append(objs, &cmapi.Certificate{
+	issuerStage.Objects = append(issuerStage.Objects, identityIssuer(mesh, issuerRef))
+	stages = append(stages, issuerStage)
+	return append(stages, IdentityStage{
+		Certificate: IdentityServingName(mesh), NeedsSecret: IdentityIssuerName(mesh), Objects: identityServing(mesh),
+	})
+}
+
+// IdentityObjects returns every object of IdentityStages, in order.
+func IdentityObjects(mesh *meshv1alpha1.Mesh) []client.Object {
+	var objs []client.Object
+	for _, st := range IdentityStages(mesh) {
+		objs = append(objs, st.Objects...)
+	}
+	return objs
+}
+
+// identityIssuer is the identity-issuer Certificate: the CA whose key the identity service signs leaves with.
+func identityIssuer(mesh *meshv1alpha1.Mesh, issuerRef cmmeta.IssuerReference) *cmapi.Certificate {
+	id := mesh.Spec.Identity
+	return &cmapi.Certificate{
 		TypeMeta:   certificateType,
-		ObjectMeta: meta(mesh, ns, IdentityIssuerName(mesh), ComponentIdentity),
+		ObjectMeta: meta(mesh, mesh.Spec.ControlPlaneNamespace, IdentityIssuerName(mesh), ComponentIdentity),
 		Spec: cmapi.CertificateSpec{
 			CommonName:  "identity." + mesh.Spec.TrustDomain,
 			IsCA:        true,
@@ -83,8 +120,34 @@ func IdentityObjects(mesh *meshv1alpha1.Mesh) []client.Object {
 			Usages:      []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageCRLSign},
 			IssuerRef:   issuerRef,
 		},
-	})
-	return objs
+	}
+}
+
+// identityServing returns a CA Issuer on the identity issuer and the identity service's serving Certificate from
+// it, so that proxies verify the service with the mesh's trust bundle.
+func identityServing(mesh *meshv1alpha1.Mesh) []client.Object {
+	ns := mesh.Spec.ControlPlaneNamespace
+	svc := wellknown.IdentityServiceName + "." + ns + ".svc"
+	return []client.Object{
+		&cmapi.Issuer{
+			TypeMeta:   issuerType,
+			ObjectMeta: meta(mesh, ns, IdentityIssuerName(mesh), ComponentIdentity),
+			Spec:       cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: IdentityIssuerName(mesh)}}},
+		},
+		&cmapi.Certificate{
+			TypeMeta:   certificateType,
+			ObjectMeta: meta(mesh, ns, IdentityServingName(mesh), ComponentIdentity),
+			Spec: cmapi.CertificateSpec{
+				DNSNames:    []string{svc, svc + ".cluster.local"},
+				Duration:    &metav1.Duration{Duration: 24 * time.Hour},
+				RenewBefore: &metav1.Duration{Duration: 8 * time.Hour},
+				SecretName:  IdentityServingName(mesh),
+				PrivateKey:  ecdsaKey(cmapi.RotationPolicyAlways),
+				Usages:      []cmapi.KeyUsage{cmapi.UsageServerAuth, cmapi.UsageDigitalSignature},
+				IssuerRef:   cmmeta.IssuerReference{Name: IdentityIssuerName(mesh), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
+			},
+		},
+	}
 }
 
 func ecdsaKey(rotation cmapi.PrivateKeyRotationPolicy) *cmapi.CertificatePrivateKey {

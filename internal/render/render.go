@@ -8,6 +8,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
+	"github.com/trellis-mesh/trellis/internal/wellknown"
 )
 
 // Labels and annotations on every object the manager renders.
@@ -57,12 +58,15 @@ func TrustAnchorName(m *meshv1alpha1.Mesh) string { return m.Name + "-trust-anch
 // certificates.
 func IdentityIssuerName(m *meshv1alpha1.Mesh) string { return m.Name + "-identity-issuer" }
 
+// IdentityServingName is the name of the identity service's serving Certificate and Secret.
+func IdentityServingName(m *meshv1alpha1.Mesh) string { return m.Name + "-identity-service" }
+
 // TrustBundleName is the name of the ConfigMap holding the PEM trust roots, in every meshed namespace, and of
 // the record of previous anchors in the control-plane namespace.
-const TrustBundleName = "trellis-trust-bundle"
+const TrustBundleName = wellknown.TrustBundleName
 
 // TrustBundleKey is the ConfigMap key of the PEM bundle.
-const TrustBundleKey = "ca-bundle.crt"
+const TrustBundleKey = wellknown.TrustBundleKey
 
 // TrustAnchorRecordName is the ConfigMap in the control-plane namespace that remembers the anchors the mesh has
 // trusted, so that a rotated-out anchor stays in bundles until it expires.

@@ -61,6 +61,9 @@ const (
 	AdminPort = 4191
 	// IdentityPort is where the identity service listens.
 	IdentityPort = 8080
+	// IdentityServiceName is the Service in the control-plane namespace in front of the identity service; its
+	// serving certificate carries <IdentityServiceName>.<namespace>.svc.
+	IdentityServiceName = "trellis-identity"
 	// IdentityAudience is the audience of the ServiceAccount tokens proxies present to the identity service.
 	IdentityAudience = "identity.trellis.io"
 	// ProxyUID is the user the proxy runs as; proxy-init exempts its traffic from redirection.
