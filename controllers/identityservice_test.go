@@ -123,5 +123,7 @@ func TestIdentityServiceIssuesWithTheMeshChain(t *testing.T) {
 		t.Errorf("leaf lifetime %v, want about the Mesh's 24h", got)
 	}
 	wcancel()
-	<-wdone
+	if err := <-wdone; err != nil && err != context.Canceled {
+		t.Errorf("workload: %v", err)
+	}
 }
