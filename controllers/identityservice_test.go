@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -123,7 +124,7 @@ func TestIdentityServiceIssuesWithTheMeshChain(t *testing.T) {
 		t.Errorf("leaf lifetime %v, want about the Mesh's 24h", got)
 	}
 	wcancel()
-	if err := <-wdone; err != nil && err != context.Canceled {
+	if err := <-wdone; err != nil && !errors.Is(err, context.Canceled) {
 		t.Errorf("workload: %v", err)
 	}
 }
