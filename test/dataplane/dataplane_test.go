@@ -1,7 +1,8 @@
 //go:build linux
 
 // Package dataplane tests the proxy binary with transparent interception for real: network namespaces joined by a veth
-// pair, the iptables redirect rules proxy-init installs, and the proxy running as its own UID inside the workload's
+// pair, the redirect rules proxy-init installs (installed with its library, internal/redirect), and the proxy running
+// as its own UID inside the workload's
 // namespace. It needs root; it skips otherwise (and fails under CI=true when a tool is missing).
 package dataplane
 
@@ -20,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/redirect"
 )
 
 // Addresses inside the namespaces this test creates.
@@ -151,22 +154,6 @@ func (e *env) startHelper(ns, mode, arg string) {
 	})
 }
 
-// redirectRules are the rules proxy-init installs in the workload's namespace: outbound TCP to 4140 except the
-// proxy's own traffic (by UID) and loopback; inbound TCP to 4143 except the admin port.
-func redirectRules(uid int) [][]string {
-	return [][]string{
-		{"-t", "nat", "-N", "TRELLIS_OUTPUT"},
-		{"-t", "nat", "-A", "TRELLIS_OUTPUT", "-m", "owner", "--uid-owner", fmt.Sprint(uid), "-j", "RETURN"},
-		{"-t", "nat", "-A", "TRELLIS_OUTPUT", "-o", "lo", "-j", "RETURN"},
-		{"-t", "nat", "-A", "TRELLIS_OUTPUT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "4140"},
-		{"-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "TRELLIS_OUTPUT"},
-		{"-t", "nat", "-N", "TRELLIS_INBOUND"},
-		{"-t", "nat", "-A", "TRELLIS_INBOUND", "-p", "tcp", "--dport", "4191", "-j", "RETURN"},
-		{"-t", "nat", "-A", "TRELLIS_INBOUND", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "4143"},
-		{"-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-j", "TRELLIS_INBOUND"},
-	}
-}
-
 // TestTransparentInterception runs the proxy binary as a sidecar would: a workload namespace ("pod") with the redirect
 // rules, joined by a veth pair to a peer namespace holding the service's endpoint. It checks outbound HTTP through a
 // cluster IP, outbound TCP to an unknown destination with half-close, inbound HTTP to the workload, that a direct
@@ -176,9 +163,9 @@ func TestTransparentInterception(t *testing.T) {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI runs as root; this test needs it")
 		}
-		t.Skip("needs root to create network namespaces and iptables rules")
+		t.Skip("needs root to create network namespaces and redirect rules")
 	}
-	for _, tool := range []string{"ip", "iptables", "ip6tables", "setpriv", "curl"} {
+	for _, tool := range []string{"ip", "setpriv", "curl"} {
 		need(t, tool)
 	}
 	goBin := need(t, "go")
@@ -239,11 +226,7 @@ func TestTransparentInterception(t *testing.T) {
 			return err == nil && string(out) == "probe"
 		})
 	}
-	for _, cmd := range []string{"iptables", "ip6tables"} {
-		for _, r := range redirectRules(proxyUID) {
-			e.run(append([]string{"ip", "netns", "exec", e.pod, cmd}, r...)...)
-		}
-	}
+	installRedirect(t, e.pod)
 
 	cfgDir := filepath.Join(dir, "config")
 	_ = os.Mkdir(cfgDir, 0o755)
@@ -345,6 +328,21 @@ func TestTransparentInterception(t *testing.T) {
 			t.Errorf("no clean stop in the logs:\n%s", logs.String())
 		}
 	})
+}
+
+// installRedirect installs proxy-init's default rules (outbound TCP to 4140 except the proxy's UID and loopback,
+// inbound TCP to 4143 except the proxy's ports) in the namespace ns.
+func installRedirect(t *testing.T, ns string) {
+	t.Helper()
+	cfg := redirect.DefaultConfig()
+	cfg.ProxyUID = proxyUID
+	rs, err := redirect.Plan(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&redirect.Nftables{NetNS: filepath.Join("/var/run/netns", ns)}).Install(rs); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func waitFor(t *testing.T, ok func() bool) {
