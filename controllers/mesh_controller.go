@@ -10,6 +10,7 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -50,6 +51,8 @@ type MeshReconciler struct {
 	Clock clock.PassiveClock
 	// ClusterDomain is the cluster's DNS domain; default: cluster.local.
 	ClusterDomain string
+	// Injection configures the proxy injector registered for every Mesh.
+	Injection Injection
 
 	applier *applier
 }
@@ -128,7 +131,7 @@ func (r *MeshReconciler) Reconcile(ctx context.Context, req ctrl.Request) (resul
 			err = perr
 		}
 	}()
-	for _, run := range []phase{r.validate, r.selectNamespaces, r.reconcileIdentity, r.reconcileProxyConfig, r.applyAndPrune} {
+	for _, run := range []phase{r.validate, r.selectNamespaces, r.reconcileIdentity, r.reconcileProxyConfig, r.reconcileWebhook, r.applyAndPrune} {
 		if err := run(ctx, s); err != nil {
 			log.Error(err, "Reconcile phase failed", "mesh", klog.KObj(mesh))
 			return ctrl.Result{}, err
@@ -222,10 +225,15 @@ func (r *MeshReconciler) writeStatus(ctx context.Context, s *meshScope) error {
 	m := s.mesh
 	m.Status.ObservedGeneration = m.Generation
 	m.Status.Proxies.Summary = fmt.Sprintf("%d/%d", m.Status.Proxies.Ready, m.Status.Proxies.Desired)
-	reason, message, ok := runChain(m.Status.Conditions,
+	chain := []check{
 		conditionTrue(meshv1alpha1.ConditionAccepted),
 		conditionTrue(meshv1alpha1.ConditionIdentityReady),
-		conditionTrue(meshv1alpha1.ConditionConfigReady))
+		conditionTrue(meshv1alpha1.ConditionConfigReady),
+	}
+	if r.Injection.Enabled {
+		chain = append(chain, conditionTrue(meshv1alpha1.ConditionWebhookReady))
+	}
+	reason, message, ok := runChain(m.Status.Conditions, chain...)
 	if ok {
 		reason = meshv1alpha1.ReasonReady
 		message = fmt.Sprintf("The Mesh covers %d namespace(s)", len(s.namespaces))
@@ -272,6 +280,7 @@ func (r *MeshReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.allMeshes),
 			builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, namespacePhaseChanged()))).
 		Owns(&corev1.ConfigMap{}).
+		Owns(&admissionregistrationv1.MutatingWebhookConfiguration{}).
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace)).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace)).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace), builder.WithPredicates(podChanged())).

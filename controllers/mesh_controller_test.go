@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -73,8 +75,9 @@ func startManager(t *testing.T) client.Client {
 	return startManagerWith(t, func(*MeshReconciler) {})
 }
 
-// startManagerWith is startManager with a chance to change the reconciler before it starts.
-func startManagerWith(t *testing.T, configure func(*MeshReconciler)) client.Client {
+// startManagerWith is startManager with a chance to change the reconciler before it starts, and more runnables
+// for the manager.
+func startManagerWith(t *testing.T, configure func(*MeshReconciler), runnables ...manager.Runnable) client.Client {
 	t.Helper()
 	env.Require(t)
 	scheme := runtime.NewScheme()
@@ -100,6 +103,11 @@ func startManagerWith(t *testing.T, configure func(*MeshReconciler)) client.Clie
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
+	for _, run := range runnables {
+		if err := mgr.Add(run); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
@@ -114,6 +122,17 @@ func startManagerWith(t *testing.T, configure func(*MeshReconciler)) client.Clie
 		t.Fatal(err)
 	}
 	return c
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // reconciles returns how many reconciles the mesh controller has finished, from controller-runtime's metrics.

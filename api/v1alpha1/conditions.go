@@ -53,6 +53,10 @@ const (
 	ReasonIssuerNotReady = "IssuerNotReady"
 	// ReasonConfigTooLarge: the proxy configuration does not fit in the ConfigMaps a namespace may hold.
 	ReasonConfigTooLarge = "ConfigTooLarge"
+	// ReasonDisabled: the feature the condition describes is turned off.
+	ReasonDisabled = "Disabled"
+	// ReasonWebhookCertMissing: the injector's serving certificate has not been issued.
+	ReasonWebhookCertMissing = "WebhookCertMissing"
 	// ReasonApplyFailed: the manager could not write an object it renders; the message has the API error.
 	ReasonApplyFailed = "ApplyFailed"
 )

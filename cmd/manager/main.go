@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -21,11 +22,19 @@ import (
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
 	"github.com/trellis-mesh/trellis/controllers"
 	"github.com/trellis-mesh/trellis/internal/render"
 )
+
+func envOr(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
+}
 
 func main() {
 	var (
@@ -37,6 +46,14 @@ func main() {
 		identityMesh  string
 		identityAddr  string
 		clusterDomain string
+		injection     bool
+		webhookPort   int
+		webhookDir    string
+		webhookSvc    string
+		webhookSvcNS  string
+		webhookSecret string
+		proxyImage    string
+		initImage     string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "Address of the metrics endpoint; \"0\" disables it.")
 	flag.BoolVar(&metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, authenticated and authorized through the API server.")
@@ -46,6 +63,14 @@ func main() {
 	flag.StringVar(&identityMesh, "identity-mesh", "default", "Name of the Mesh whose workload identities the identity service issues.")
 	flag.StringVar(&identityAddr, "identity-bind-address", ":8080", "Address of the identity service; empty disables it.")
 	flag.StringVar(&clusterDomain, "cluster-domain", "cluster.local", "The cluster's DNS domain.")
+	flag.BoolVar(&injection, "enable-injection", true, "Serve the proxy injector and register it for every Mesh.")
+	flag.IntVar(&webhookPort, "webhook-port", 9443, "Port of the webhook server.")
+	flag.StringVar(&webhookDir, "webhook-cert-dir", "/var/run/trellis/webhook-certs", "Folder holding the webhook server's tls.crt and tls.key.")
+	flag.StringVar(&webhookSvc, "webhook-service", "trellis-webhook", "Service in front of the webhook server.")
+	flag.StringVar(&webhookSvcNS, "webhook-service-namespace", envOr("POD_NAMESPACE", "trellis-system"), "Namespace of the webhook Service and its certificate Secret.")
+	flag.StringVar(&webhookSecret, "webhook-cert-secret", "trellis-webhook-cert", "cert-manager's Secret of the webhook certificate; its ca.crt becomes the caBundle.")
+	flag.StringVar(&proxyImage, "proxy-image", "trellis.io/proxy:dev", "Proxy image injected into meshed pods (a Mesh's spec.proxy.image overrides it).")
+	flag.StringVar(&initImage, "proxy-init-image", "trellis.io/proxy-init:dev", "proxy-init image injected into meshed pods.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -84,6 +109,20 @@ func main() {
 		log.Info("cert-manager is not installed: meshes will report IdentityReady=False until it is and the manager restarts")
 	}
 	reconciler := &controllers.MeshReconciler{Client: mgr.GetClient(), CertManagerInstalled: certManager, ClusterDomain: clusterDomain}
+	if injection {
+		runner := &controllers.WebhookRunner{
+			Server:  webhook.NewServer(webhook.Options{Port: webhookPort, CertDir: webhookDir}),
+			CertDir: webhookDir,
+			Log:     ctrl.Log.WithName("webhook"),
+		}
+		utilruntime.Must(mgr.Add(runner))
+		reconciler.Injection = controllers.Injection{
+			Enabled:       true,
+			Service:       types.NamespacedName{Namespace: webhookSvcNS, Name: webhookSvc},
+			CASecret:      types.NamespacedName{Namespace: webhookSvcNS, Name: webhookSecret},
+			ServerStarted: runner.StartedChecker,
+		}
+	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		log.Error(err, "Setting up the Mesh reconciler failed")
 		os.Exit(1)
@@ -104,7 +143,7 @@ func main() {
 		utilruntime.Must(mgr.AddReadyzCheck("identity", identity.ReadyCheck))
 	}
 
-	log.Info("Starting the manager")
+	log.Info("Starting the manager", "proxyImage", proxyImage, "proxyInitImage", initImage, "injection", injection)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		log.Error(err, "The manager stopped with an error")
 		os.Exit(1)

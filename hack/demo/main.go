@@ -100,7 +100,7 @@ func run(keep bool) error {
 	}
 	defer logFile.Close()
 	mgr := exec.Command(manager, "--kubeconfig", kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:0",
-		"--identity-bind-address=127.0.0.1:0")
+		"--identity-bind-address=127.0.0.1:0", "--enable-injection=false")
 	mgr.Stdout, mgr.Stderr = logFile, logFile
 	if err := mgr.Start(); err != nil {
 		return err
