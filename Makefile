@@ -92,7 +92,7 @@ tools: $(CONTROLLER_GEN) $(GOLANGCI_LINT) $(KUSTOMIZE) ## Build the pinned devel
 ##@ Test
 
 .PHONY: test
-test: test-go test-proxy test-e2e ## Run every test: unit + integration (real kube-apiserver/etcd), data plane with real peers, e2e on the local cluster.
+test: test-go test-proxy test-proxy-init test-e2e ## Run every test: unit + integration (real kube-apiserver/etcd), data plane with real peers, e2e on the local cluster.
 
 # Packages test-go covers; the data plane (test-proxy) and e2e (test-e2e) have their own targets.
 GO_TEST_PKGS = $$($(GO) list ./... | grep -v -e /proxy -e /internal/proxyconfig -e /test/e2e -e /test/dataplane)

@@ -229,6 +229,7 @@ func (r *MeshReconciler) writeStatus(ctx context.Context, s *meshScope) error {
 		conditionTrue(meshv1alpha1.ConditionAccepted),
 		conditionTrue(meshv1alpha1.ConditionIdentityReady),
 		conditionTrue(meshv1alpha1.ConditionConfigReady),
+		conditionTrue(meshv1alpha1.ConditionProxiesReady),
 	}
 	if r.Injection.Enabled {
 		chain = append(chain, conditionTrue(meshv1alpha1.ConditionWebhookReady))

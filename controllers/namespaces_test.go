@@ -101,3 +101,34 @@ func TestRunChainReportsFirstFailure(t *testing.T) {
 		t.Fatalf("generation not stamped: %+v", conds[0])
 	}
 }
+
+func TestProxyCounts(t *testing.T) {
+	injected := func(name string, phase corev1.PodPhase, ready, native bool) corev1.Pod {
+		p := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Annotations: map[string]string{"mesh.trellis.io/injected": "m"}}}
+		p.Status.Phase = phase
+		st := []corev1.ContainerStatus{{Name: "trellis-proxy", Ready: ready}}
+		if native {
+			p.Status.InitContainerStatuses = st
+		} else {
+			p.Status.ContainerStatuses = st
+		}
+		return p
+	}
+	plain := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "plain"}}
+	pods := []corev1.Pod{
+		injected("a", corev1.PodRunning, true, true),
+		injected("b", corev1.PodRunning, false, true),
+		injected("c", corev1.PodRunning, true, false),
+		injected("done", corev1.PodSucceeded, false, true),
+		plain,
+	}
+	desired, ready, notReady := proxyCounts(pods)
+	if desired != 3 || ready != 2 || len(notReady) != 1 || notReady[0] != "ns/b" {
+		t.Fatalf("desired %d ready %d notReady %v", desired, ready, notReady)
+	}
+	m := &meshv1alpha1.Mesh{}
+	setProxiesReady(m, pods)
+	if m.Status.Proxies.Desired != 3 || m.Status.Proxies.Ready != 2 || m.Status.Conditions[0].Reason != meshv1alpha1.ReasonProxiesNotReady {
+		t.Fatalf("status %+v", m.Status)
+	}
+}

@@ -26,6 +26,7 @@ type proxyConfigSnapshot struct {
 	render.ProxySnapshot
 	policies []meshv1alpha1.MeshPolicy
 	splits   []meshv1alpha1.TrafficSplit
+	pods     []corev1.Pod
 }
 
 func (r *MeshReconciler) readProxySnapshot(ctx context.Context, s *meshScope) (*proxyConfigSnapshot, error) {
@@ -53,6 +54,7 @@ func (r *MeshReconciler) readProxySnapshot(ctx context.Context, s *meshScope) (*
 				Meshed:         p.Annotations[wellknown.AnnotationInjected] != "",
 			}
 		}
+		snap.pods = append(snap.pods, pods.Items...)
 		snap.policies = append(snap.policies, policies.Items...)
 		snap.splits = append(snap.splits, splits.Items...)
 	}
@@ -67,6 +69,7 @@ func (r *MeshReconciler) reconcileProxyConfig(ctx context.Context, s *meshScope)
 	if err != nil {
 		return err
 	}
+	setProxiesReady(m, snap.pods)
 	meshed := map[string]bool{}
 	for _, ns := range s.namespaces {
 		meshed[ns] = true

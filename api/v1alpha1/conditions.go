@@ -53,6 +53,8 @@ const (
 	ReasonIssuerNotReady = "IssuerNotReady"
 	// ReasonConfigTooLarge: the proxy configuration does not fit in the ConfigMaps a namespace may hold.
 	ReasonConfigTooLarge = "ConfigTooLarge"
+	// ReasonProxiesNotReady: some meshed pods' proxies are not ready; the message names them.
+	ReasonProxiesNotReady = "ProxiesNotReady"
 	// ReasonDisabled: the feature the condition describes is turned off.
 	ReasonDisabled = "Disabled"
 	// ReasonWebhookCertMissing: the injector's serving certificate has not been issued.
