@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"flag"
 	"math/big"
 	"os"
@@ -13,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -152,3 +157,100 @@ func TestTrustAnchors(t *testing.T) {
 var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Main(m, &env) }
+
+func TestInjectorWebhookGolden(t *testing.T) {
+	m := testMesh()
+	m.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"trellis.io/inject": "enabled"}}
+	svc := types.NamespacedName{Namespace: "trellis-system", Name: "trellis-webhook"}
+	golden(t, "injector", []client.Object{InjectorWebhook(m, svc, []byte("CA"), []string{"trellis-system", "trellis-system"})})
+}
+
+// goldenJSON compares v, as indented JSON, with testdata/<name>.golden.json.
+func goldenJSON(t *testing.T, name string, v any) {
+	t.Helper()
+	got, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join("testdata", name+".golden.json")
+	if *update {
+		if err := os.WriteFile(path, append(got, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./internal/render -update to create it)", err)
+	}
+	if string(append(got, '\n')) != string(want) {
+		t.Fatalf("%s differs from the golden file (run with -update after checking the change):\n%s", path, got)
+	}
+}
+
+// TestProxyConfigGolden renders a namespace with a Service split 90/10 between two versions behind a
+// header match, a MeshPolicy with a route, an opaque database port, meshed and unmeshed endpoints, an IPv6
+// slice the IPv4 Service ignores, and a headless Service left out.
+func TestProxyConfigGolden(t *testing.T) {
+	m := testMesh()
+	m.Spec.DefaultPolicy = meshv1alpha1.DefaultPolicyAllAuthenticated
+	m.Spec.Proxy.OpaquePorts = []int32{5432, 3306}
+	m.Spec.Traffic.RetryBudget = meshv1alpha1.RetryBudget{Ratio: "0.2", MinPerSecond: 10, TTL: &metav1.Duration{Duration: 10 * time.Second}}
+	svc := func(name, ip string, ports ...corev1.ServicePort) corev1.Service {
+		return corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
+			Spec: corev1.ServiceSpec{ClusterIP: ip, ClusterIPs: []string{ip}, Ports: ports}}
+	}
+	http := corev1.ServicePort{Name: "http", Port: 80, AppProtocol: ptr.To("http")}
+	grpc := corev1.ServicePort{Name: "grpc", Port: 9090, AppProtocol: ptr.To("kubernetes.io/h2c")}
+	slice := func(svc string, family discoveryv1.AddressType, port string, target int32, eps ...discoveryv1.Endpoint) discoveryv1.EndpointSlice {
+		return discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "shop", Name: svc + "-" + string(family), Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			AddressType: family, Endpoints: eps,
+			Ports: []discoveryv1.EndpointPort{{Name: ptr.To(port), Port: ptr.To(target)}},
+		}
+	}
+	ep := func(ip, pod string, ready bool) discoveryv1.Endpoint {
+		return discoveryv1.Endpoint{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready)},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "shop", Name: pod}}
+	}
+	headless := svc("cache", "None", http)
+	snap := &ProxySnapshot{
+		Mesh: m, ClusterDomain: "cluster.local",
+		Services: []corev1.Service{
+			svc("web", "10.96.0.10", http, grpc), svc("web-v1", "10.96.0.11", http, grpc), svc("web-v2", "10.96.0.12", http, grpc),
+			svc("db", "10.96.0.20", corev1.ServicePort{Name: "pg", Port: 5432}), headless,
+		},
+		EndpointSlices: []discoveryv1.EndpointSlice{
+			slice("web-v1", discoveryv1.AddressTypeIPv4, "http", 8080, ep("10.244.0.2", "v1-a", true), ep("10.244.0.3", "v1-b", false)),
+			slice("web-v1", discoveryv1.AddressTypeIPv6, "http", 8080, ep("fd00::2", "v1-a", true)),
+			slice("web-v2", discoveryv1.AddressTypeIPv4, "http", 8080, ep("10.244.0.4", "v2-a", true)),
+			slice("db", discoveryv1.AddressTypeIPv4, "pg", 5432, ep("10.244.0.9", "db-0", true)),
+		},
+		Pods: map[types.NamespacedName]PodInfo{
+			{Namespace: "shop", Name: "v1-a"}: {ServiceAccount: "web", Meshed: true},
+			{Namespace: "shop", Name: "v2-a"}: {ServiceAccount: "web", Meshed: true},
+			{Namespace: "shop", Name: "db-0"}: {ServiceAccount: "db", Meshed: false},
+		},
+		Policies: []meshv1alpha1.MeshPolicy{{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"},
+			Spec: meshv1alpha1.MeshPolicySpec{
+				TargetRef: &meshv1alpha1.PolicyTargetReference{Name: "web"}, Ports: []int32{80},
+				Timeouts: &meshv1alpha1.Timeouts{Request: &metav1.Duration{Duration: 5 * time.Second}},
+				Retries: &meshv1alpha1.Retries{RetryOn: []meshv1alpha1.RetryOn{"gateway-error", "retriable-status-codes"}, StatusCodes: []int32{429},
+					Attempts: 2, PerTryTimeout: &metav1.Duration{Duration: time.Second}},
+				Routes: []meshv1alpha1.Route{{Name: "items", Matches: []meshv1alpha1.HTTPMatch{{Method: "GET",
+					Path: &meshv1alpha1.PathMatch{Type: meshv1alpha1.PathMatchPathPrefix, Value: "/items"}}}}},
+			},
+		}},
+		Splits: []meshv1alpha1.TrafficSplit{{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "canary"},
+			Spec: meshv1alpha1.TrafficSplitSpec{Service: "web",
+				Backends: []meshv1alpha1.TrafficSplitBackend{{Service: "web-v1", Weight: 90}, {Service: "web-v2", Weight: 10}},
+				Matches:  []meshv1alpha1.HTTPMatch{{Headers: []meshv1alpha1.HeaderMatch{{Name: "x-canary", Value: "1"}}}}},
+		}},
+	}
+	cfg := ProxyConfig(snap)
+	goldenJSON(t, "proxy-config", cfg)
+	if _, _, err := EncodeProxyConfig(cfg); err != nil {
+		t.Fatalf("the rendered configuration does not validate: %v", err)
+	}
+}
