@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,6 +20,12 @@ import (
 
 // +kubebuilder:rbac:groups="",resources=services;pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;patch;delete
+
+var (
+	roleGVK        = rbacv1.SchemeGroupVersion.WithKind("Role")
+	roleBindingGVK = rbacv1.SchemeGroupVersion.WithKind("RoleBinding")
+)
 
 // proxyConfigSnapshot reads what the proxy configuration is rendered from: the Services, EndpointSlices, pods,
 // MeshPolicies and TrafficSplits of the mesh's namespaces.
@@ -108,8 +115,10 @@ func (r *MeshReconciler) reconcileProxyConfig(ctx context.Context, s *meshScope)
 		for _, cm := range render.ProxyConfigMaps(m, ns, shards, hash) {
 			s.desired = append(s.desired, cm)
 		}
+		s.desired = append(s.desired, render.ProxyConfigReader(m, ns)...)
 	}
-	s.prunable = append(s.prunable, pruneScope{configMapGVK, render.ComponentProxyConfig})
+	s.prunable = append(s.prunable, pruneScope{configMapGVK, render.ComponentProxyConfig},
+		pruneScope{roleGVK, render.ComponentProxyRBAC}, pruneScope{roleBindingGVK, render.ComponentProxyRBAC})
 	m.Status.ConfigHash = hash
 	setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionConfigReady, true, meshv1alpha1.ReasonReady,
 		fmt.Sprintf("Proxy configuration %s (%d service port(s)) is rendered into %d namespace(s)", hash, len(cfg.Services), len(s.namespaces)))

@@ -8,6 +8,7 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -86,6 +87,7 @@ func main() {
 	if metricsSecure {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
+	managed := labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedByValue})
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsOpts,
@@ -95,8 +97,10 @@ func main() {
 		LeaderElectionNamespace: leaderElectNS,
 		// The manager caches only the ConfigMaps it renders, and no Secrets (it reads the few it needs directly).
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedByValue})},
-			&corev1.Pod{}:       {Transform: controllers.TrimPod},
+			&corev1.ConfigMap{}:   {Label: managed},
+			&rbacv1.Role{}:        {Label: managed},
+			&rbacv1.RoleBinding{}: {Label: managed},
+			&corev1.Pod{}:         {Transform: controllers.TrimPod},
 		}},
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
 	})

@@ -11,9 +11,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
 	"github.com/trellis-mesh/trellis/internal/proxyconfig"
@@ -542,4 +544,39 @@ func contentVersion(canonical []byte) string {
 	h := fnv.New64a()
 	_, _ = h.Write(canonical)
 	return fmt.Sprintf("r-%016x", h.Sum64())
+}
+
+// ComponentProxyRBAC labels the Role and RoleBinding that let a namespace's proxies read their configuration.
+const ComponentProxyRBAC = "proxy-rbac"
+
+// ProxyConfigReader returns a Role that may read (get, list, watch) only the proxy configuration ConfigMaps of the
+// namespace, and a RoleBinding granting it to every ServiceAccount of the namespace. Proxies watch their
+// ConfigMaps through the API with it, which reaches them in about a second, where the kubelet's ConfigMap volume
+// sync takes up to a minute or more; the mounted volume stays as the fallback.
+func ProxyConfigReader(mesh *meshv1alpha1.Mesh, namespace string) []client.Object {
+	names := make([]string, 0, wellknown.MaxProxyConfigMaps)
+	for i := 0; i < wellknown.MaxProxyConfigMaps; i++ {
+		name := wellknown.ProxyConfigName
+		if i > 0 {
+			name = fmt.Sprintf("%s-%d", wellknown.ProxyConfigName, i)
+		}
+		names = append(names, name)
+	}
+	role := &rbacv1.Role{
+		TypeMeta:   metav1.TypeMeta{APIVersion: rbacv1.SchemeGroupVersion.String(), Kind: "Role"},
+		ObjectMeta: meta(mesh, namespace, wellknown.ProxyConfigReaderName, ComponentProxyRBAC),
+		Rules: []rbacv1.PolicyRule{{
+			APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: names,
+			Verbs: []string{"get", "list", "watch"},
+		}},
+	}
+	binding := &rbacv1.RoleBinding{
+		TypeMeta:   metav1.TypeMeta{APIVersion: rbacv1.SchemeGroupVersion.String(), Kind: "RoleBinding"},
+		ObjectMeta: meta(mesh, namespace, wellknown.ProxyConfigReaderName, ComponentProxyRBAC),
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: wellknown.ProxyConfigReaderName},
+		Subjects: []rbacv1.Subject{{
+			Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "system:serviceaccounts:" + namespace,
+		}},
+	}
+	return []client.Object{role, binding}
 }

@@ -254,3 +254,7 @@ func TestProxyConfigGolden(t *testing.T) {
 		t.Fatalf("the rendered configuration does not validate: %v", err)
 	}
 }
+
+func TestProxyConfigReaderGolden(t *testing.T) {
+	golden(t, "proxy-config-reader", ProxyConfigReader(testMesh(), "shop"))
+}

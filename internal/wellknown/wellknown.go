@@ -36,6 +36,8 @@ const (
 	AnnotationInjected = "mesh.trellis.io/injected"
 	// LabelProxy marks pods that run a Trellis proxy ("sidecar") or are served by the node proxy ("node").
 	LabelProxy = "mesh.trellis.io/proxy"
+	// ProxySidecar is LabelProxy's value on pods with an injected proxy.
+	ProxySidecar = "sidecar"
 )
 
 // Names of the objects the manager writes into every meshed namespace.
@@ -45,6 +47,9 @@ const (
 	ProxyConfigName = "trellis-proxy-config"
 	// MaxProxyConfigMaps is how many ConfigMaps a configuration may span.
 	MaxProxyConfigMaps = 8
+	// ProxyConfigReaderName is the Role and RoleBinding that let a namespace's proxies read their configuration
+	// ConfigMaps through the API.
+	ProxyConfigReaderName = "trellis-proxy-config-reader"
 	// TrustBundleName is the ConfigMap holding the PEM trust roots.
 	TrustBundleName = "trellis-trust-bundle"
 	// TrustBundleKey is the trust bundle's key.
