@@ -72,6 +72,13 @@ func isExec(path string) bool {
 // Start starts the API server and etcd with the Trellis CRDs (and extraCRDs, file or folder paths) installed. When
 // the binaries are missing it returns an Env with SkipReason set instead of an error.
 func Start(extraCRDs ...string) (*Env, error) {
+	return StartWith(nil, extraCRDs...)
+}
+
+// StartWith is Start with configure applied to the envtest environment before it starts, for what must be known
+// at start: WebhookInstallOptions (admission webhooks served by the test), API server flags. A nil configure
+// changes nothing.
+func StartWith(configure func(*envtest.Environment), extraCRDs ...string) (*Env, error) {
 	dir := AssetsDir()
 	if dir == "" {
 		return &Env{SkipReason: "kube-apiserver and etcd not found: run `make test` or `hack/k8s-bins.sh` to build them, " +
@@ -81,6 +88,9 @@ func Start(extraCRDs ...string) (*Env, error) {
 		BinaryAssetsDirectory: dir,
 		CRDDirectoryPaths:     append([]string{filepath.Join(RepoRoot(), "config", "crd", "bases")}, extraCRDs...),
 		ErrorIfCRDPathMissing: true,
+	}
+	if configure != nil {
+		configure(env)
 	}
 	cfg, err := env.Start()
 	if err != nil {
@@ -122,7 +132,23 @@ func Main(m *testing.M, env **Env, extraCRDs ...string) {
 // MainWithSetup is Main with a setup step that runs once the API server is up (to start more components); the
 // function it returns runs after the tests. A setup error makes the tests skip with that reason (fail in CI).
 func MainWithSetup(m *testing.M, env **Env, setup func(*Env) (teardown func(), err error), extraCRDs ...string) {
-	e, err := Start(extraCRDs...)
+	MainWithOptions(m, env, Options{Setup: setup, ExtraCRDs: extraCRDs})
+}
+
+// Options shape the environment MainWithOptions starts.
+type Options struct {
+	// Configure changes the envtest environment before it starts (see StartWith). Default: nil, no change.
+	Configure func(*envtest.Environment)
+	// Setup runs once the API server is up, as in MainWithSetup. Default: nil, nothing to set up.
+	Setup func(*Env) (teardown func(), err error)
+	// ExtraCRDs are CRD files or folders installed besides the Trellis CRDs. Default: none.
+	ExtraCRDs []string
+}
+
+// MainWithOptions is MainWithSetup with the environment configured before it starts.
+func MainWithOptions(m *testing.M, env **Env, o Options) {
+	setup, extraCRDs := o.Setup, o.ExtraCRDs
+	e, err := StartWith(o.Configure, extraCRDs...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

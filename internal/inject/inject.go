@@ -1,0 +1,371 @@
+// Package inject adds the Trellis proxy to pods: InjectPodSpec is the pure mutation shared by the admission webhook
+// (Webhook, for Pods) and the CLI (`trellis inject`, for pod templates), ShouldInject is the opt-in decision, and
+// ParamsFromMesh turns a Mesh into the parameters of the mutation. docs/injection.md describes the result.
+//
+// Wiring the webhook into a manager:
+//
+//	wh := inject.NewWebhook(mgr.GetClient(), inject.ClientMeshLookup{Reader: mgr.GetClient()}, images, mgr.GetScheme())
+//	mgr.GetWebhookServer().Register(inject.WebhookPath, &webhook.Admission{Handler: wh})
+package inject
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/trellis-mesh/trellis/internal/wellknown"
+)
+
+// Names and paths of what InjectPodSpec adds to a pod.
+const (
+	// InitContainerName is the init container that installs the traffic redirect.
+	InitContainerName = "trellis-init"
+	// ProxyContainerName is the proxy's container: a native sidecar or the first regular container.
+	ProxyContainerName = "trellis-proxy"
+	// InitCommand is proxy-init's path in its image.
+	InitCommand = "/proxy-init"
+
+	// AdminPortName, InboundPortName and OutboundPortName name the proxy's container ports. Port names are at most
+	// 15 characters, hence "trellis-out".
+	AdminPortName    = "trellis-admin"
+	InboundPortName  = "trellis-inbound"
+	OutboundPortName = "trellis-out"
+
+	// ConfigVolumeName is the projected volume of the proxy configuration ConfigMaps, mounted at ConfigDir.
+	ConfigVolumeName = "trellis-config"
+	// ConfigDir is where the proxy reads its configuration.
+	ConfigDir = "/var/run/trellis/config"
+	// TrustVolumeName is the trust bundle ConfigMap's volume, mounted at TrustDir.
+	TrustVolumeName = "trellis-trust"
+	// TrustDir holds the trust bundle, wellknown.TrustBundleKey.
+	TrustDir = "/var/run/trellis/trust"
+	// TokenVolumeName is the projected ServiceAccount token the proxy presents to the identity service, mounted
+	// at TokenDir.
+	TokenVolumeName = "trellis-identity-token"
+	// TokenDir holds the token file TokenFileName.
+	TokenDir = "/var/run/secrets/tokens"
+	// TokenFileName is the token's file name in TokenDir.
+	TokenFileName = "trellis-identity-token"
+	// TokenExpirationSeconds is the token's requested lifetime; the kubelet renews it at 80% of it.
+	TokenExpirationSeconds = 86400
+)
+
+// Environment variables of the proxy container. Each sets the proxy flag of the same name (TRELLIS_PROXY_<FLAG>).
+const (
+	EnvLogLevel           = "TRELLIS_PROXY_LOG_LEVEL"            // debug, info, warn or error
+	EnvOutboundAddr       = "TRELLIS_PROXY_OUTBOUND_ADDR"        // ":<outbound port>"
+	EnvInboundAddr        = "TRELLIS_PROXY_INBOUND_ADDR"         // ":<inbound port>"
+	EnvAdminAddr          = "TRELLIS_PROXY_ADMIN_ADDR"           // ":<admin port>"
+	EnvConfigDir          = "TRELLIS_PROXY_CONFIG_DIR"           // ConfigDir
+	EnvIdentityAddr       = "TRELLIS_PROXY_IDENTITY_ADDR"        // the identity service's host:port
+	EnvIdentityServerName = "TRELLIS_PROXY_IDENTITY_SERVER_NAME" // the name in its serving certificate
+	EnvTrustDomain        = "TRELLIS_PROXY_TRUST_DOMAIN"         // the SPIFFE trust domain
+	EnvTokenFile          = "TRELLIS_PROXY_TOKEN_FILE"           // the projected ServiceAccount token
+	EnvTrustBundleFile    = "TRELLIS_PROXY_TRUST_BUNDLE_FILE"    // the PEM trust bundle
+	EnvPodNamespace       = "TRELLIS_PROXY_POD_NAMESPACE"        // downward API metadata.namespace
+	EnvPodName            = "TRELLIS_PROXY_POD_NAME"             // downward API metadata.name
+	EnvServiceAccount     = "TRELLIS_PROXY_SERVICE_ACCOUNT"      // downward API spec.serviceAccountName
+	EnvPodIP              = "TRELLIS_PROXY_POD_IP"               // downward API status.podIP
+	// EnvOpaquePorts holds the pod's opaque ports in the Ports text form ("25,7000-7010"); empty means none.
+	EnvOpaquePorts = "TRELLIS_PROXY_OPAQUE_PORTS"
+	// EnvInboundProbePorts holds the container ports the kubelet probes, in the Ports text form; empty means none.
+	EnvInboundProbePorts = "TRELLIS_PROXY_INBOUND_PROBE_PORTS"
+)
+
+// Prometheus annotations InjectPodSpec adds when the pod has no prometheus.io/* annotation of its own (a pod that
+// uses them for its application keeps them, and its proxy is scraped through the trellis-admin port instead).
+const (
+	AnnotationPrometheusScrape = "prometheus.io/scrape" // "true"
+	AnnotationPrometheusPort   = "prometheus.io/port"   // the admin port
+	AnnotationPrometheusPath   = "prometheus.io/path"   // "/metrics"
+	prometheusPrefix           = "prometheus.io/"
+)
+
+// AnnotationDefaultContainer tells kubectl which container logs and exec address by default. Classic injection
+// sets it to the first application container, because the proxy becomes the pod's first container.
+const AnnotationDefaultContainer = "kubectl.kubernetes.io/default-container"
+
+// ErrHostNetwork is returned for pods on the host network: their redirect rules would capture the node's traffic,
+// so they are never injected.
+var ErrHostNetwork = errors.New("the pod uses the host network, and a proxy there would capture the node's traffic")
+
+// IsInjected reports whether a pod already has a proxy: it carries the mesh.trellis.io/injected annotation or a
+// container named trellis-proxy.
+func IsInjected(meta *metav1.ObjectMeta, spec *corev1.PodSpec) bool {
+	if meta != nil {
+		if _, ok := meta.Annotations[wellknown.AnnotationInjected]; ok {
+			return true
+		}
+	}
+	return hasContainer(spec.InitContainers, ProxyContainerName) || hasContainer(spec.Containers, ProxyContainerName)
+}
+
+// InjectPodSpec adds the proxy to a pod or pod template in place and reports whether it changed anything. A pod
+// that IsInjected is left alone (changed false, no error), which makes injection idempotent. The pod's
+// config.trellis.io/* annotations override p. It returns ErrHostNetwork for host-network pods, and an error naming
+// the annotation and value for a bad override, or the clash for a pod that already uses the proxy's names or
+// ports; in every error case the pod is unchanged.
+//
+//nolint:revive // inject.InjectPodSpec is the name the webhook, the CLI and the docs share.
+func InjectPodSpec(meta *metav1.ObjectMeta, spec *corev1.PodSpec, p Params) (changed bool, err error) {
+	if IsInjected(meta, spec) {
+		return false, nil
+	}
+	if spec.HostNetwork {
+		return false, ErrHostNetwork
+	}
+	p = p.withDefaults()
+	if err := p.validate(); err != nil {
+		return false, fmt.Errorf("injection parameters: %w", err)
+	}
+	if p, err = applyOverrides(meta.Annotations, p); err != nil {
+		return false, err
+	}
+	if err := checkClashes(spec, p); err != nil {
+		return false, err
+	}
+	firstApp := ""
+	if len(spec.Containers) > 0 {
+		firstApp = spec.Containers[0].Name
+	}
+	proxy := proxyContainer(p, probePorts(spec))
+	if p.NativeSidecar {
+		proxy.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
+		spec.InitContainers = append([]corev1.Container{initContainer(p), proxy}, spec.InitContainers...)
+	} else {
+		spec.InitContainers = append([]corev1.Container{initContainer(p)}, spec.InitContainers...)
+		spec.Containers = append([]corev1.Container{proxy}, spec.Containers...)
+	}
+	spec.Volumes = append(spec.Volumes, volumes()...)
+	annotate(meta, p, firstApp)
+	return true, nil
+}
+
+// annotate marks the pod as injected and, unless the pod declares its own, adds Prometheus scrape annotations.
+func annotate(meta *metav1.ObjectMeta, p Params, firstApp string) {
+	if meta.Annotations == nil {
+		meta.Annotations = map[string]string{}
+	}
+	if meta.Labels == nil {
+		meta.Labels = map[string]string{}
+	}
+	meta.Annotations[wellknown.AnnotationInjected] = p.MeshName
+	meta.Labels[wellknown.LabelProxy] = wellknown.ProxySidecar
+	ownPrometheus := false
+	for k := range meta.Annotations {
+		if strings.HasPrefix(k, prometheusPrefix) {
+			ownPrometheus = true
+		}
+	}
+	if !ownPrometheus {
+		meta.Annotations[AnnotationPrometheusScrape] = "true"
+		meta.Annotations[AnnotationPrometheusPort] = strconv.Itoa(int(p.AdminPort))
+		meta.Annotations[AnnotationPrometheusPath] = "/metrics"
+	}
+	if _, ok := meta.Annotations[AnnotationDefaultContainer]; !ok && !p.NativeSidecar && firstApp != "" {
+		meta.Annotations[AnnotationDefaultContainer] = firstApp
+	}
+}
+
+// initContainer is trellis-init: it installs the redirect with the capabilities that needs, and nothing more.
+func initContainer(p Params) corev1.Container {
+	return corev1.Container{
+		Name:            InitContainerName,
+		Image:           p.InitImage,
+		ImagePullPolicy: p.PullPolicy,
+		Command:         []string{InitCommand},
+		Args: []string{
+			fmt.Sprintf("--outbound-port=%d", p.OutboundPort),
+			fmt.Sprintf("--inbound-port=%d", p.InboundPort),
+			fmt.Sprintf("--admin-port=%d", p.AdminPort),
+			fmt.Sprintf("--proxy-uid=%d", p.ProxyUID),
+			"--skip-inbound-ports=" + p.SkipInboundPorts.String(),
+			"--skip-outbound-ports=" + p.SkipOutboundPorts.String(),
+			"--ignored-cidrs=" + strings.Join(p.IgnoredCIDRs, ","),
+		},
+		Resources:                *p.Resources.DeepCopy(),
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		SecurityContext: &corev1.SecurityContext{
+			Capabilities: &corev1.Capabilities{
+				Add:  []corev1.Capability{"NET_ADMIN", "NET_RAW"},
+				Drop: []corev1.Capability{"ALL"},
+			},
+			RunAsUser:                ptr.To[int64](0),
+			RunAsNonRoot:             ptr.To(false),
+			AllowPrivilegeEscalation: ptr.To(false),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+		},
+	}
+}
+
+// proxyContainer is trellis-proxy, configured through its environment.
+func proxyContainer(p Params, probePorts Ports) corev1.Container {
+	adminProbe := func(path string, period, failures int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: path, Port: intstr.FromInt32(p.AdminPort), Scheme: corev1.URISchemeHTTP,
+			}},
+			TimeoutSeconds: 1, PeriodSeconds: period, SuccessThreshold: 1, FailureThreshold: failures,
+		}
+	}
+	return corev1.Container{
+		Name:            ProxyContainerName,
+		Image:           p.ProxyImage,
+		ImagePullPolicy: p.PullPolicy,
+		Ports: []corev1.ContainerPort{
+			{Name: AdminPortName, ContainerPort: p.AdminPort, Protocol: corev1.ProtocolTCP},
+			{Name: InboundPortName, ContainerPort: p.InboundPort, Protocol: corev1.ProtocolTCP},
+			{Name: OutboundPortName, ContainerPort: p.OutboundPort, Protocol: corev1.ProtocolTCP},
+		},
+		Env:       proxyEnv(p, probePorts),
+		Resources: *p.Resources.DeepCopy(),
+		VolumeMounts: []corev1.VolumeMount{
+			{Name: ConfigVolumeName, MountPath: ConfigDir, ReadOnly: true},
+			{Name: TrustVolumeName, MountPath: TrustDir, ReadOnly: true},
+			{Name: TokenVolumeName, MountPath: TokenDir, ReadOnly: true},
+		},
+		// Startup allows two minutes to obtain the first certificate: with native sidecars the application
+		// starts only after it.
+		StartupProbe:             adminProbe("/ready", 1, 120),
+		ReadinessProbe:           adminProbe("/ready", 10, 3),
+		LivenessProbe:            adminProbe("/live", 10, 3),
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		SecurityContext: &corev1.SecurityContext{
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			RunAsUser:                ptr.To(p.ProxyUID),
+			RunAsNonRoot:             ptr.To(true),
+			AllowPrivilegeEscalation: ptr.To(false),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}
+}
+
+func proxyEnv(p Params, probePorts Ports) []corev1.EnvVar {
+	field := func(name, path string) corev1.EnvVar {
+		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
+		}}
+	}
+	return []corev1.EnvVar{
+		{Name: EnvLogLevel, Value: p.LogLevel},
+		{Name: EnvOutboundAddr, Value: fmt.Sprintf(":%d", p.OutboundPort)},
+		{Name: EnvInboundAddr, Value: fmt.Sprintf(":%d", p.InboundPort)},
+		{Name: EnvAdminAddr, Value: fmt.Sprintf(":%d", p.AdminPort)},
+		{Name: EnvConfigDir, Value: ConfigDir},
+		{Name: EnvIdentityAddr, Value: p.IdentityAddr},
+		{Name: EnvIdentityServerName, Value: p.IdentityServerName},
+		{Name: EnvTrustDomain, Value: p.TrustDomain},
+		{Name: EnvTokenFile, Value: TokenDir + "/" + TokenFileName},
+		{Name: EnvTrustBundleFile, Value: TrustDir + "/" + wellknown.TrustBundleKey},
+		field(EnvPodNamespace, "metadata.namespace"),
+		field(EnvPodName, "metadata.name"),
+		field(EnvServiceAccount, "spec.serviceAccountName"),
+		field(EnvPodIP, "status.podIP"),
+		{Name: EnvOpaquePorts, Value: p.OpaquePorts.String()},
+		{Name: EnvInboundProbePorts, Value: probePorts.String()},
+	}
+}
+
+// volumes are the proxy's configuration, trust bundle and identity token.
+func volumes() []corev1.Volume {
+	sources := make([]corev1.VolumeProjection, 0, wellknown.MaxProxyConfigMaps)
+	for i := range wellknown.MaxProxyConfigMaps {
+		name := wellknown.ProxyConfigName
+		if i > 0 {
+			name = fmt.Sprintf("%s-%d", wellknown.ProxyConfigName, i)
+		}
+		sources = append(sources, corev1.VolumeProjection{ConfigMap: &corev1.ConfigMapProjection{
+			LocalObjectReference: corev1.LocalObjectReference{Name: name}, Optional: ptr.To(true),
+		}})
+	}
+	return []corev1.Volume{
+		{Name: ConfigVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: sources}}},
+		{Name: TrustVolumeName, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: wellknown.TrustBundleName}, Optional: ptr.To(false),
+		}}},
+		{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience:          wellknown.IdentityAudience,
+				ExpirationSeconds: ptr.To[int64](TokenExpirationSeconds),
+				Path:              TokenFileName,
+			}}},
+		}}},
+	}
+}
+
+// probePorts returns the container ports the kubelet probes (HTTP GET, TCP and gRPC probes of every container),
+// with named ports resolved against the probed container's ports. A name that resolves to nothing is left out: the
+// kubelet cannot probe it either.
+func probePorts(spec *corev1.PodSpec) Ports {
+	var ports []int32
+	containers := append(append([]corev1.Container(nil), spec.InitContainers...), spec.Containers...)
+	for i := range containers {
+		c := &containers[i]
+		for _, probe := range []*corev1.Probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
+			if probe == nil {
+				continue
+			}
+			switch {
+			case probe.HTTPGet != nil:
+				ports = appendPort(ports, c, probe.HTTPGet.Port)
+			case probe.TCPSocket != nil:
+				ports = appendPort(ports, c, probe.TCPSocket.Port)
+			case probe.GRPC != nil:
+				ports = append(ports, probe.GRPC.Port)
+			}
+		}
+	}
+	return PortsOf(ports)
+}
+
+func appendPort(ports []int32, c *corev1.Container, port intstr.IntOrString) []int32 {
+	if port.Type == intstr.Int {
+		return append(ports, port.IntVal)
+	}
+	for _, cp := range c.Ports {
+		if cp.Name == port.StrVal {
+			return append(ports, cp.ContainerPort)
+		}
+	}
+	return ports
+}
+
+// checkClashes refuses pods that already use a name or port the injection adds.
+func checkClashes(spec *corev1.PodSpec, p Params) error {
+	if hasContainer(spec.InitContainers, InitContainerName) || hasContainer(spec.Containers, InitContainerName) {
+		return fmt.Errorf("the pod already has a container named %s", InitContainerName)
+	}
+	for _, v := range spec.Volumes {
+		if v.Name == ConfigVolumeName || v.Name == TrustVolumeName || v.Name == TokenVolumeName {
+			return fmt.Errorf("the pod already has a volume named %s", v.Name)
+		}
+	}
+	proxyPorts := map[int32]string{p.OutboundPort: "outbound", p.InboundPort: "inbound", p.AdminPort: "admin"}
+	for _, c := range append(append([]corev1.Container(nil), spec.InitContainers...), spec.Containers...) {
+		for _, port := range c.Ports {
+			if use, ok := proxyPorts[port.ContainerPort]; ok && (port.Protocol == "" || port.Protocol == corev1.ProtocolTCP) {
+				return fmt.Errorf("container %s declares port %d, the proxy's %s port", c.Name, port.ContainerPort, use)
+			}
+			if port.Name == AdminPortName || port.Name == InboundPortName || port.Name == OutboundPortName {
+				return fmt.Errorf("container %s declares a port named %s, a name the proxy uses", c.Name, port.Name)
+			}
+		}
+	}
+	return nil
+}
+
+func hasContainer(cs []corev1.Container, name string) bool {
+	for i := range cs {
+		if cs[i].Name == name {
+			return true
+		}
+	}
+	return false
+}
