@@ -38,19 +38,35 @@ func SetDefaults(c *Config) {
 	if c.Inbound.DefaultPolicy == "" {
 		c.Inbound.DefaultPolicy = DefaultPolicy
 	}
-	for i := range c.Inbound.Ports {
-		p := &c.Inbound.Ports[i]
+	defaultInboundPorts(c.Inbound.Ports, c.Inbound.DefaultPolicy)
+	for i := range c.Inbound.Workloads {
+		w := &c.Inbound.Workloads[i]
+		if w.DefaultPolicy == "" {
+			w.DefaultPolicy = c.Inbound.DefaultPolicy
+		}
+		defaultInboundPorts(w.Ports, c.Inbound.DefaultPolicy)
+		for j := range w.Routes {
+			for k := range w.Routes[j].Matches {
+				defaultMatch(&w.Routes[j].Matches[k])
+			}
+		}
+	}
+	for i := range c.Services {
+		defaultService(&c.Services[i])
+	}
+}
+
+func defaultInboundPorts(ports []InboundPort, policy string) {
+	for i := range ports {
+		p := &ports[i]
 		if p.DefaultPolicy == "" {
-			p.DefaultPolicy = c.Inbound.DefaultPolicy
+			p.DefaultPolicy = policy
 		}
 		for j := range p.Routes {
 			for k := range p.Routes[j].Matches {
 				defaultMatch(&p.Routes[j].Matches[k])
 			}
 		}
-	}
-	for i := range c.Services {
-		defaultService(&c.Services[i])
 	}
 }
 

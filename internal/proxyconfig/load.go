@@ -133,7 +133,7 @@ func DocumentFiles(dir string) ([]string, error) {
 
 // Merge combines shards of one configuration: every shard must carry the same apiVersion and version; clusterDomain,
 // defaults and inbound.defaultPolicy may each be set by at most one shard (or by several with equal values);
-// services, inbound ports and opaque ports are concatenated in shard order. A single document is returned as is.
+// services, inbound ports and workloads, and opaque ports are concatenated in shard order. A single document is returned as is.
 func Merge(shards ...*Config) (*Config, error) {
 	if len(shards) == 0 {
 		return nil, errors.New("no documents")
@@ -166,6 +166,7 @@ func Merge(shards ...*Config) (*Config, error) {
 				return nil, err
 			}
 			out.Inbound.Ports = append(out.Inbound.Ports, s.Inbound.Ports...)
+			out.Inbound.Workloads = append(out.Inbound.Workloads, s.Inbound.Workloads...)
 		}
 	}
 	return out, nil

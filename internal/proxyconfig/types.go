@@ -219,8 +219,45 @@ type Inbound struct {
 	// DefaultPolicy applies to ports without their own policy: "all-unauthenticated", "all-authenticated",
 	// "cluster-authenticated" or "deny". Default "all-unauthenticated".
 	DefaultPolicy string `json:"defaultPolicy,omitempty"`
-	// Ports are the workload's ports with settings. Default empty.
+	// Ports are the workload's ports with settings, for every workload that reads this document. Default empty.
 	Ports []InboundPort `json:"ports,omitempty"`
+	// Workloads are port settings for some workloads only: a proxy applies the entries whose namespace is its pod's
+	// and whose selector matches its pod's labels (read from the downward API), in order, on top of Ports; for a
+	// port several entries set, the first entry's settings win. Default empty.
+	Workloads []InboundWorkload `json:"workloads,omitempty"`
+}
+
+// InboundWorkload holds inbound port settings for the pods a label selector picks in one namespace, as a
+// MeshPolicy renders them.
+type InboundWorkload struct {
+	// Name identifies the entry in logs and metrics, e.g. "<namespace>/<MeshPolicy name>". Required, unique.
+	Name string `json:"name"`
+	// Namespace is the namespace of the pods the entry applies to. Required.
+	Namespace string `json:"namespace"`
+	// MatchLabels must all be labels of the pod. Default empty: every pod of the namespace.
+	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+	// MatchExpressions are label selector requirements (Kubernetes LabelSelector semantics: operators In, NotIn,
+	// Exists, DoesNotExist) the pod's labels must all meet. Default empty.
+	MatchExpressions []LabelRequirement `json:"matchExpressions,omitempty"`
+	// Ports are the settings of the selected pods' ports, as in Inbound.Ports. Default empty.
+	Ports []InboundPort `json:"ports,omitempty"`
+	// DefaultPolicy applies to the selected pods' ports that Ports does not list. Default: Inbound.DefaultPolicy.
+	DefaultPolicy string `json:"defaultPolicy,omitempty"`
+	// Authorizations allow clients on the ports that Ports does not list; when non-empty, a client matching none is
+	// denied. Default empty: DefaultPolicy decides.
+	Authorizations []Authorization `json:"authorizations,omitempty"`
+	// Routes narrow Authorizations to HTTP routes, on the ports that Ports does not list. Default empty.
+	Routes []InboundRoute `json:"routes,omitempty"`
+}
+
+// LabelRequirement is one requirement of a label selector.
+type LabelRequirement struct {
+	// Key is the label key. Required.
+	Key string `json:"key"`
+	// Operator is In, NotIn, Exists or DoesNotExist. Required.
+	Operator string `json:"operator"`
+	// Values are the values In and NotIn compare with; empty for Exists and DoesNotExist.
+	Values []string `json:"values,omitempty"`
 }
 
 // Default policies for inbound ports.
@@ -245,10 +282,12 @@ type InboundPort struct {
 	Protocol string `json:"protocol,omitempty"`
 	// DefaultPolicy overrides Inbound.DefaultPolicy for this port. Default: Inbound.DefaultPolicy.
 	DefaultPolicy string `json:"defaultPolicy,omitempty"`
-	// Authorizations allow clients on this port; when non-empty, a client matching none is denied (HTTP 403, or the
-	// TCP connection is closed). Default empty: DefaultPolicy decides.
+	// Authorizations allow clients on this port. A client that no authorization of the port, and no authorization
+	// of a route the request matches, allows is judged by DefaultPolicy (deny: HTTP 403, or the TCP connection is
+	// closed). Default empty.
 	Authorizations []Authorization `json:"authorizations,omitempty"`
-	// Routes narrow authorizations to HTTP routes of this port. Default empty.
+	// Routes allow clients on some HTTP requests of this port: a request is allowed when any route whose matches
+	// it meets has an authorization that allows the client. Default empty.
 	Routes []InboundRoute `json:"routes,omitempty"`
 }
 
@@ -258,7 +297,7 @@ type InboundRoute struct {
 	Name string `json:"name"`
 	// Matches select requests as in Route.Matches. Default empty: every request.
 	Matches []Match `json:"matches,omitempty"`
-	// Authorizations allow clients on this route; empty means the port's rules apply. Default empty.
+	// Authorizations allow clients on the requests the route matches, in addition to the port's. Default empty.
 	Authorizations []Authorization `json:"authorizations,omitempty"`
 }
 

@@ -243,10 +243,55 @@ func validateMatch(m *Match, p *field.Path) field.ErrorList {
 func validateInbound(in *Inbound, p *field.Path) field.ErrorList {
 	var errs field.ErrorList
 	errs = append(errs, validatePolicy(in.DefaultPolicy, p.Child("defaultPolicy"))...)
+	errs = append(errs, validateInboundPorts(in.Ports, p.Child("ports"))...)
+	names := map[string]bool{}
+	for i := range in.Workloads {
+		w := &in.Workloads[i]
+		wp := p.Child("workloads").Index(i)
+		if w.Name == "" {
+			errs = append(errs, field.Required(wp.Child("name"), ""))
+		} else if names[w.Name] {
+			errs = append(errs, field.Duplicate(wp.Child("name"), w.Name))
+		}
+		names[w.Name] = true
+		errs = append(errs, validateName(w.Namespace, wp.Child("namespace"))...)
+		for j, r := range w.MatchExpressions {
+			rp := wp.Child("matchExpressions").Index(j)
+			if r.Key == "" {
+				errs = append(errs, field.Required(rp.Child("key"), ""))
+			}
+			switch r.Operator {
+			case "In", "NotIn":
+				if len(r.Values) == 0 {
+					errs = append(errs, field.Required(rp.Child("values"), "In and NotIn need values"))
+				}
+			case "Exists", "DoesNotExist":
+				if len(r.Values) > 0 {
+					errs = append(errs, field.Invalid(rp.Child("values"), r.Values, "Exists and DoesNotExist take no values"))
+				}
+			default:
+				errs = append(errs, field.NotSupported(rp.Child("operator"), r.Operator, []string{"In", "NotIn", "Exists", "DoesNotExist"}))
+			}
+		}
+		if len(w.Ports) == 0 && w.DefaultPolicy == "" && len(w.Authorizations) == 0 {
+			errs = append(errs, field.Required(wp.Child("ports"), "an entry needs ports, a defaultPolicy or authorizations"))
+		}
+		errs = append(errs, validateInboundPorts(w.Ports, wp.Child("ports"))...)
+		if w.DefaultPolicy != "" {
+			errs = append(errs, validatePolicy(w.DefaultPolicy, wp.Child("defaultPolicy"))...)
+		}
+		errs = append(errs, validateAuthorizations(w.Authorizations, wp.Child("authorizations"))...)
+		errs = append(errs, validateInboundRoutes(w.Routes, wp.Child("routes"))...)
+	}
+	return errs
+}
+
+func validateInboundPorts(list []InboundPort, p *field.Path) field.ErrorList {
+	var errs field.ErrorList
 	ports := map[int32]bool{}
-	for i := range in.Ports {
-		ip := &in.Ports[i]
-		pp := p.Child("ports").Index(i)
+	for i := range list {
+		ip := &list[i]
+		pp := p.Index(i)
 		errs = append(errs, validatePort(ip.Port, pp.Child("port"))...)
 		if ports[ip.Port] {
 			errs = append(errs, field.Duplicate(pp.Child("port"), ip.Port))
@@ -255,21 +300,27 @@ func validateInbound(in *Inbound, p *field.Path) field.ErrorList {
 		errs = append(errs, validateProtocol(ip.Protocol, pp.Child("protocol"))...)
 		errs = append(errs, validatePolicy(ip.DefaultPolicy, pp.Child("defaultPolicy"))...)
 		errs = append(errs, validateAuthorizations(ip.Authorizations, pp.Child("authorizations"))...)
-		names := map[string]bool{}
-		for j := range ip.Routes {
-			r := &ip.Routes[j]
-			rp := pp.Child("routes").Index(j)
-			if r.Name == "" {
-				errs = append(errs, field.Required(rp.Child("name"), ""))
-			} else if names[r.Name] {
-				errs = append(errs, field.Duplicate(rp.Child("name"), r.Name))
-			}
-			names[r.Name] = true
-			for k := range r.Matches {
-				errs = append(errs, validateMatch(&r.Matches[k], rp.Child("matches").Index(k))...)
-			}
-			errs = append(errs, validateAuthorizations(r.Authorizations, rp.Child("authorizations"))...)
+		errs = append(errs, validateInboundRoutes(ip.Routes, pp.Child("routes"))...)
+	}
+	return errs
+}
+
+func validateInboundRoutes(routes []InboundRoute, p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	names := map[string]bool{}
+	for j := range routes {
+		r := &routes[j]
+		rp := p.Index(j)
+		if r.Name == "" {
+			errs = append(errs, field.Required(rp.Child("name"), ""))
+		} else if names[r.Name] {
+			errs = append(errs, field.Duplicate(rp.Child("name"), r.Name))
 		}
+		names[r.Name] = true
+		for k := range r.Matches {
+			errs = append(errs, validateMatch(&r.Matches[k], rp.Child("matches").Index(k))...)
+		}
+		errs = append(errs, validateAuthorizations(r.Authorizations, rp.Child("authorizations"))...)
 	}
 	return errs
 }

@@ -50,8 +50,8 @@ type ProxySnapshot struct {
 
 // ProxyConfig builds the proxy configuration document of a mesh: one entry per TCP port of every ClusterIP Service
 // in a meshed namespace, with its protocol, backends (TrafficSplit legs or the Service itself), endpoints with
-// their SPIFFE identities, and routes from MeshPolicies; plus the mesh's traffic defaults and default inbound
-// policy. The result is deterministic: the same snapshot renders the same bytes. Version is left empty (see
+// their SPIFFE identities, and routes from MeshPolicies; the MeshPolicies' authorization as per-workload inbound
+// settings; plus the mesh's traffic defaults and default inbound policy. The result is deterministic: the same snapshot renders the same bytes. Version is left empty (see
 // ProxyConfigMaps).
 func ProxyConfig(s *ProxySnapshot) *proxyconfig.Config {
 	m := s.Mesh
@@ -89,6 +89,7 @@ func ProxyConfig(s *ProxySnapshot) *proxyconfig.Config {
 			cfg.Services = append(cfg.Services, entry)
 		}
 	}
+	cfg.Inbound.Workloads = inboundWorkloads(s, idx)
 	return cfg
 }
 

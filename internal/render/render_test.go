@@ -18,6 +18,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -197,9 +198,9 @@ func TestProxyConfigGolden(t *testing.T) {
 	m.Spec.Traffic.RetryBudget = meshv1alpha1.RetryBudget{Ratio: "0.2", MinPerSecond: 10, TTL: &metav1.Duration{Duration: 10 * time.Second}}
 	svc := func(name, ip string, ports ...corev1.ServicePort) corev1.Service {
 		return corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
-			Spec: corev1.ServiceSpec{ClusterIP: ip, ClusterIPs: []string{ip}, Ports: ports}}
+			Spec: corev1.ServiceSpec{ClusterIP: ip, ClusterIPs: []string{ip}, Ports: ports, Selector: map[string]string{"app": name}}}
 	}
-	http := corev1.ServicePort{Name: "http", Port: 80, AppProtocol: ptr.To("http")}
+	http := corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), AppProtocol: ptr.To("http")}
 	grpc := corev1.ServicePort{Name: "grpc", Port: 9090, AppProtocol: ptr.To("kubernetes.io/h2c")}
 	slice := func(svc string, family discoveryv1.AddressType, port string, target int32, eps ...discoveryv1.Endpoint) discoveryv1.EndpointSlice {
 		return discoveryv1.EndpointSlice{
@@ -224,6 +225,7 @@ func TestProxyConfigGolden(t *testing.T) {
 			slice("web-v1", discoveryv1.AddressTypeIPv6, "http", 8080, ep("fd00::2", "v1-a", true)),
 			slice("web-v2", discoveryv1.AddressTypeIPv4, "http", 8080, ep("10.244.0.4", "v2-a", true)),
 			slice("db", discoveryv1.AddressTypeIPv4, "pg", 5432, ep("10.244.0.9", "db-0", true)),
+			slice("web", discoveryv1.AddressTypeIPv4, "http", 8080, ep("10.244.0.2", "v1-a", true), ep("10.244.0.4", "v2-a", true)),
 		},
 		Pods: map[types.NamespacedName]PodInfo{
 			{Namespace: "shop", Name: "v1-a"}: {ServiceAccount: "web", Meshed: true},
@@ -239,6 +241,19 @@ func TestProxyConfigGolden(t *testing.T) {
 					Attempts: 2, PerTryTimeout: &metav1.Duration{Duration: time.Second}},
 				Routes: []meshv1alpha1.Route{{Name: "items", Matches: []meshv1alpha1.HTTPMatch{{Method: "GET",
 					Path: &meshv1alpha1.PathMatch{Type: meshv1alpha1.PathMatchPathPrefix, Value: "/items"}}}}},
+				Authorization: &meshv1alpha1.Authorization{Rules: []meshv1alpha1.AuthorizationRule{
+					{Name: "frontend", From: []meshv1alpha1.AuthorizationSource{{ServiceAccount: &meshv1alpha1.ServiceAccountReference{Namespace: "shop", Name: "frontend"}}}},
+					{Name: "metrics", From: []meshv1alpha1.AuthorizationSource{{Namespace: "monitoring"}, {Unauthenticated: true}},
+						To: []meshv1alpha1.AuthorizationTarget{{Paths: []string{"/metrics"}, Methods: []meshv1alpha1.HTTPMethod{"GET"}}}},
+				}},
+			},
+		}, {
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db-clients"},
+			Spec: meshv1alpha1.MeshPolicySpec{
+				WorkloadSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+				Authorization: &meshv1alpha1.Authorization{Rules: []meshv1alpha1.AuthorizationRule{
+					{Name: "web", From: []meshv1alpha1.AuthorizationSource{{Identity: "spiffe://prod.example.com/ns/shop/sa/web"}}},
+				}},
 			},
 		}},
 		Splits: []meshv1alpha1.TrafficSplit{{
