@@ -24,6 +24,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxyconfig"
 	"github.com/trellis-mesh/trellis/proxy/admin"
 	"github.com/trellis-mesh/trellis/proxy/metrics"
+	"github.com/trellis-mesh/trellis/proxy/mtls"
 	"github.com/trellis-mesh/trellis/proxy/reload"
 	"github.com/trellis-mesh/trellis/proxy/snapshot"
 )
@@ -66,11 +67,18 @@ func newHarness(t testing.TB, doc string) *harness { return newHarnessWith(t, do
 // newHarnessWith lets a test adjust the proxy's options before it starts.
 func newHarnessWith(t testing.TB, doc string, mutate func(*Options)) *harness {
 	t.Helper()
+	return newMeshHarness(t, doc, nil, mutate)
+}
+
+// newMeshHarness starts a proxy with mesh TLS on, using creds (off when creds is nil), then lets mutate adjust its
+// options.
+func newMeshHarness(t testing.TB, doc string, creds mtls.Credentials, mutate func(*Options)) *harness {
+	t.Helper()
 	h := &harness{t: t, metrics: metrics.New(), store: &snapshot.Store{}, dir: t.TempDir()}
 	h.watcher = &reload.Watcher{Dir: h.dir, Interval: 5 * time.Millisecond, Store: h.store, Metrics: h.metrics,
 		Log: testLog,
 		Compile: func(l *proxyconfig.Loaded) (*snapshot.Snapshot, error) {
-			return snapshot.Compile(l, snapshot.Options{Metrics: h.metrics})
+			return snapshot.Compile(l, snapshot.Options{Metrics: h.metrics, MeshTLS: creds != nil})
 		}}
 	h.writeConfig(doc)
 	if _, err := h.watcher.Reload(); err != nil {
@@ -83,6 +91,9 @@ func newHarnessWith(t testing.TB, doc string, mutate func(*Options)) *harness {
 	o := Options{Store: h.store, Metrics: h.metrics, Log: testLog,
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return *h.dst.Load(), nil },
 		OwnPorts:    []uint16{port(h.out), port(h.in)}}
+	if creds != nil {
+		o.Connector, o.Terminator = NewMeshTLS(creds, h.metrics, h.store)
+	}
 	if mutate != nil {
 		mutate(&o)
 	}

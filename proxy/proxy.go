@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,9 +50,12 @@ type Options struct {
 	// address is a redirect loop and is refused. Default 4140, 4143, 4191.
 	OwnPorts []uint16
 	// Connector opens upstream connections. Default: plain TCP bounded by the current snapshot's connect timeout.
+	// When it also implements mtls.TLSConnector (an *mtls.Mesh does), mesh TLS is on: HTTP requests to endpoints
+	// with an identity go over multiplexed HTTP/2 connections it opens (ALPN "h2"), and the Connector itself wraps
+	// TCP connections to such endpoints in mesh TLS (ALPN "trellis/1").
 	Connector mtls.Connector
-	// Terminator terminates mesh TLS on inbound connections that begin with a ClientHello. Default nil: TLS is
-	// forwarded untouched as opaque TCP.
+	// Terminator terminates mesh TLS on inbound connections whose ClientHello is a mesh client's. Default nil: all
+	// TLS is forwarded untouched as opaque TCP.
 	Terminator mtls.Terminator
 	// Authorizer decides inbound connections and requests. Default authz.AllowAll.
 	Authorizer authz.Authorizer
@@ -81,8 +85,11 @@ type Proxy struct {
 	lns      []net.Listener
 
 	authMu      sync.RWMutex
-	authorities map[string]*metrics.Route
+	authorities map[authorityKey]*metrics.Route
 }
+
+// authorityKey identifies an inbound HTTP metrics class: the request's Host and the client's mesh identity.
+type authorityKey struct{ host, identity string }
 
 // New returns a Proxy.
 func New(o Options) *Proxy {
@@ -120,10 +127,14 @@ func New(o Options) *Proxy {
 		unknown:     o.Metrics.TCP(metrics.TCPLabels{Direction: metrics.Outbound, TLS: "false"}),
 		unknownR:    o.Metrics.Route(metrics.HTTPLabels{Direction: metrics.Outbound, TLS: "false"}),
 		conns:       map[net.Conn]struct{}{},
-		authorities: map[string]*metrics.Route{},
+		authorities: map[authorityKey]*metrics.Route{},
 	}
+	mesh, _ := o.Connector.(mtls.TLSConnector)
+	p.h2 = h2.NewServer(h2.Options{Connector: o.Connector, Mesh: mesh, IdleTimeout: idle, Log: o.Log})
 	p.h1 = &h1.Server{Pool: p.pool, IdleTimeout: idle, Log: o.Log}
-	p.h2 = h2.NewServer(h2.Options{Connector: o.Connector, IdleTimeout: idle, Log: o.Log})
+	if mesh != nil {
+		p.h1.Mesh = p.h2
+	}
 	return p
 }
 
@@ -299,17 +310,46 @@ func putReader(br *bufio.Reader) {
 	readers.Put(br)
 }
 
-// countedConn counts bytes moved with the client in the connection's TCP metrics.
+// countedConn counts bytes moved with the client in the connection's TCP metrics. The metrics class (TLS, peer
+// identity, service) is often known only after detection and the TLS handshake: until setClass, bytes are counted
+// aside, by the one goroutine that detects.
 type countedConn struct {
 	net.Conn
-	m *metrics.TCP
+	m               *metrics.TCP
+	pendingR, pendW int
+}
+
+// setClass opens the connection in m's series, with the bytes moved so far. It is called once, before the
+// connection is shared between goroutines.
+func (c *countedConn) setClass(m *metrics.TCP) {
+	if c.m != nil {
+		return
+	}
+	c.m = m
+	m.Open()
+	if c.pendingR > 0 {
+		m.Read.Add(float64(c.pendingR))
+	}
+	if c.pendW > 0 {
+		m.Write.Add(float64(c.pendW))
+	}
+}
+
+// closed counts the end of the connection, in def's series if no class was set.
+func (c *countedConn) closed(def *metrics.TCP, err error) {
+	c.setClass(def)
+	c.m.Close(err)
 }
 
 // Read reads from the client and counts the bytes.
 func (c *countedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		c.m.Read.Add(float64(n))
+		if c.m == nil {
+			c.pendingR += n
+		} else {
+			c.m.Read.Add(float64(n))
+		}
 	}
 	return n, err
 }
@@ -318,7 +358,11 @@ func (c *countedConn) Read(b []byte) (int, error) {
 func (c *countedConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if n > 0 {
-		c.m.Write.Add(float64(n))
+		if c.m == nil {
+			c.pendW += n
+		} else {
+			c.m.Write.Add(float64(n))
+		}
 	}
 	return n, err
 }
@@ -339,20 +383,17 @@ func (p *Proxy) serveOutbound(raw net.Conn) {
 	}
 	snap := p.o.Store.Load()
 	svc := snap.Service(dst)
-	tm := p.unknown
-	if svc != nil {
-		tm = svc.TCP
-	}
-	tm.Open()
-	c := &countedConn{Conn: raw, m: tm}
+	c := &countedConn{Conn: raw}
 	var closeErr error
-	defer func() { tm.Close(closeErr) }()
 	if svc == nil {
 		// Unknown destination: plain TCP to where the client was going, without detection.
+		c.setClass(p.unknown)
+		defer func() { c.closed(p.unknown, closeErr) }()
 		p.detectOu.Count("skipped")
 		closeErr = p.forwardTCP(c, nil, balance.NewEndpoint(dst, "", ""), snap)
 		return
 	}
+	defer func() { c.closed(svc.TCP, closeErr) }()
 	br := getReader(c)
 	pooled := true
 	defer func() {
@@ -376,8 +417,10 @@ func (p *Proxy) serveOutbound(raw net.Conn) {
 	r := &outboundRouter{p: p, dst: dst, fallback: balance.NewEndpoint(dst, "", "")}
 	switch proto {
 	case detect.HTTP1:
+		c.setClass(svc.TCP)
 		p.h1.ServeConn(c, br, r)
 	case detect.HTTP2:
+		c.setClass(svc.TCP)
 		// net/http's frame reader may still be reading br after the connection closes: br is not reused.
 		pooled = false
 		p.h2.ServeConn(context.Background(), c, br, h2Outbound{r})
@@ -394,6 +437,7 @@ func (p *Proxy) serveOutbound(raw net.Conn) {
 			c.Close()
 			return
 		}
+		c.setClass(svc.TCPFor(ep.Identity))
 		closeErr = p.forwardTCP(c, br, ep, snap)
 		done(balance.DoneInfo{Err: closeErr})
 	}
@@ -403,7 +447,7 @@ func (p *Proxy) serveOutbound(raw net.Conn) {
 func (p *Proxy) forwardTCP(c net.Conn, br *bufio.Reader, ep *balance.Endpoint, snap *snapshot.Snapshot) error {
 	up, err := p.o.Connector.Connect(context.Background(), ep)
 	if err != nil {
-		p.o.Log.Debug("TCP connect failed", "endpoint", ep.HostPort, "error", err)
+		p.o.Log.Debug("TCP connect failed", "endpoint", ep.HostPort, "identity", ep.Identity, "error", err)
 		c.Close()
 		return err
 	}
@@ -451,6 +495,9 @@ func (r *outboundRouter) Route(req *h1.Request) h1.Target {
 	t := h1.Target{Endpoint: ep, Done: done, Status: status, Reason: reason, Metrics: r.p.unknownR}
 	if rt != nil {
 		t.Timeout, t.Metrics = rt.Timeout, rt.Metrics
+		if ep != nil {
+			t.Metrics = rt.MetricsFor(ep.Identity)
+		}
 	}
 	return t
 }
@@ -482,6 +529,9 @@ func (r h2Outbound) Route(req *http.Request) h2.Target {
 	t := h2.Target{Endpoint: ep, Done: done, Status: status, Reason: reason, Metrics: r.p.unknownR}
 	if rt != nil {
 		t.Timeout, t.Metrics = rt.Timeout, rt.Metrics
+		if ep != nil {
+			t.Metrics = rt.MetricsFor(ep.Identity)
+		}
 	}
 	return t
 }
@@ -489,10 +539,18 @@ func (r h2Outbound) Route(req *http.Request) h2.Target {
 // h2Inbound routes HTTP/2 streams of one inbound connection.
 type h2Inbound struct{ *inboundRouter }
 
-// Route implements h2.Router.
+// Route implements h2.Router. On a mesh connection, a request carrying mtls.OrigProtoHeader was HTTP/1.x at the
+// client and goes to the application as HTTP/1.1; the header is removed.
 func (r h2Inbound) Route(req *http.Request) h2.Target {
 	t := r.target(req.Host)
-	return h2.Target{Endpoint: t.Endpoint, Metrics: t.Metrics, Timeout: t.Timeout, Status: t.Status, Reason: t.Reason}
+	ht := h2.Target{Endpoint: t.Endpoint, Metrics: t.Metrics, Timeout: t.Timeout, Status: t.Status, Reason: t.Reason}
+	if r.identity != "" {
+		if _, ok := req.Header[mtls.OrigProtoHeader]; ok {
+			delete(req.Header, mtls.OrigProtoHeader)
+			ht.HTTP1 = true
+		}
+	}
+	return ht
 }
 
 func (p *Proxy) serveInbound(raw net.Conn) {
@@ -502,16 +560,12 @@ func (p *Proxy) serveInbound(raw net.Conn) {
 		return
 	}
 	snap := p.o.Store.Load()
-	tm := p.inTCP
-	tm.Open()
-	c := &countedConn{Conn: raw, m: tm}
+	c := &countedConn{Conn: raw}
 	var closeErr error
-	defer func() { tm.Close(closeErr) }()
-	client, _ := netip.ParseAddrPort(raw.RemoteAddr().String())
-	dec := p.o.Authorizer.Authorize(authz.Request{Port: dst.Port(), Client: client})
-	if !dec.Allow {
-		c.Close()
-		return
+	defer func() { c.closed(p.inTCP, closeErr) }()
+	var client netip.AddrPort
+	if ta, ok := raw.RemoteAddr().(*net.TCPAddr); ok {
+		client = ta.AddrPort()
 	}
 	host := p.o.InboundHost
 	if dst.Addr().Is6() && host == netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
@@ -527,9 +581,20 @@ func (p *Proxy) serveInbound(raw net.Conn) {
 		}
 	}()
 	proto := detect.Opaque
-	if (port != nil && port.Opaque) || snap.OpaquePort(dst.Port()) {
+	switch opaque := (port != nil && port.Opaque) || snap.OpaquePort(dst.Port()); {
+	case opaque && p.o.Terminator == nil:
 		p.detectIn.Count("skipped")
-	} else {
+	case opaque:
+		// No detection, but a meshed client's proxy opens with its ClientHello, which must be terminated: wait for the
+		// first byte (a server-speaks-first protocol from an unmeshed client waits the detect timeout).
+		p.detectIn.Count("skipped")
+		var err error
+		if proto, err = peekTLS(c, br, snap.DetectTimeout); proto == detect.Closed {
+			closeErr = err
+			c.Close()
+			return
+		}
+	default:
 		var err error
 		proto, err = detect.Peek(c, br, snap.DetectTimeout)
 		p.detectIn.Count(proto.String())
@@ -540,6 +605,13 @@ func (p *Proxy) serveInbound(raw net.Conn) {
 		}
 	}
 	r := &inboundRouter{p: p, app: app, port: dst.Port(), client: client}
+	if proto == detect.TLS && p.o.Terminator != nil && meshHello(c, br, snap.DetectTimeout) {
+		// net/http or the TLS connection may still read br after the connection closes: br is not reused.
+		pooled = false
+		closeErr = p.serveMesh(c, br, r, snap)
+		return
+	}
+	c.setClass(p.inTCP)
 	switch proto {
 	case detect.HTTP1:
 		p.h1.ServeConn(c, br, r)
@@ -548,25 +620,139 @@ func (p *Proxy) serveInbound(raw net.Conn) {
 		p.h2.ServeConn(context.Background(), c, br, h2Inbound{r})
 		c.Close()
 	default:
+		if !r.authorizeTCP() {
+			c.Close()
+			return
+		}
 		closeErr = p.forwardTCP(c, br, app, snap)
 	}
 }
 
+// peekTLS waits up to timeout for a client's first byte and reports detect.TLS when it may start a ClientHello,
+// detect.Opaque for anything else or nothing, detect.Closed when the client went away.
+func peekTLS(c net.Conn, br *bufio.Reader, timeout time.Duration) (detect.Protocol, error) {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return detect.Closed, err
+	}
+	defer c.SetReadDeadline(time.Time{}) //nolint:errcheck // a failure shows up on the next read
+	b, err := br.Peek(1)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return detect.Opaque, nil
+	case err != nil:
+		return detect.Closed, err
+	case b[0] == 0x16:
+		return detect.TLS, nil
+	}
+	return detect.Opaque, nil
+}
+
+// meshHello reads the client's first TLS record into br (waiting at most timeout) and reports whether it is a mesh
+// client's ClientHello.
+func meshHello(c net.Conn, br *bufio.Reader, timeout time.Duration) bool {
+	deadline := false
+	defer func() {
+		if deadline {
+			c.SetReadDeadline(time.Time{}) //nolint:errcheck // a failure shows up on the next read
+		}
+	}()
+	for {
+		b, _ := br.Peek(br.Buffered())
+		mesh, more, need := mtls.IsMeshHello(b)
+		if !more {
+			return mesh
+		}
+		if need > br.Size() {
+			return false
+		}
+		if !deadline {
+			deadline = true
+			if c.SetReadDeadline(time.Now().Add(timeout)) != nil {
+				return false
+			}
+		}
+		if _, err := br.Peek(need); err != nil {
+			return false
+		}
+	}
+}
+
+// prefixConn reads bytes already buffered by detection before the connection's own.
+type prefixConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+// Read reads the buffered bytes, then the connection.
+func (c *prefixConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// serveMesh terminates a meshed client's TLS, then serves HTTP/2 streams (ALPN "h2") or relays one opaque stream to
+// the application (ALPN "trellis/1"), with the client's identity for authorization and metrics.
+func (p *Proxy) serveMesh(c *countedConn, br *bufio.Reader, r *inboundRouter, snap *snapshot.Snapshot) error {
+	tc, peer, err := p.o.Terminator.Terminate(context.Background(), &prefixConn{Conn: c, r: br})
+	if err != nil {
+		if p.o.Log.Enabled(context.Background(), slog.LevelDebug) {
+			p.o.Log.Debug("Mesh TLS handshake failed", "client", r.client, "reason", mtls.Reason(err), "error", err)
+		}
+		c.Close()
+		return err
+	}
+	defer tc.Close()
+	r.identity = peer.Identity
+	c.setClass(p.o.Metrics.TCP(metrics.TCPLabels{Direction: metrics.Inbound, TLS: "true", ClientID: peer.Identity}))
+	if peer.Protocol == mtls.ProtocolHTTP2 {
+		p.h2.ServeConn(context.Background(), tc, nil, h2Inbound{r})
+		return nil
+	}
+	if !r.authorizeTCP() {
+		return nil
+	}
+	return p.forwardTCP(tc, nil, r.app, snap)
+}
+
 // inboundRouter routes the requests of one inbound connection to the application.
 type inboundRouter struct {
-	p      *Proxy
-	app    *balance.Endpoint
-	port   uint16
-	client netip.AddrPort
+	p        *Proxy
+	app      *balance.Endpoint
+	port     uint16
+	client   netip.AddrPort
+	identity string // the client's verified SPIFFE ID; empty without mesh TLS
+}
+
+// authorize asks the Authorizer about the client under the port's current default policy and counts the decision.
+func (r *inboundRouter) authorize(http bool, s *snapshot.Snapshot) authz.Decision {
+	policy := ""
+	if s != nil {
+		policy = s.Policy(r.port)
+	}
+	d := r.p.o.Authorizer.Authorize(authz.Request{Port: r.port, Client: r.client, Identity: r.identity,
+		DefaultPolicy: policy})
+	tls := "false"
+	if r.identity != "" {
+		tls = "true"
+	}
+	r.p.o.Metrics.Authz(metrics.AuthzLabels{HTTP: http, Allow: d.Allow, Port: r.port, Rule: d.Authorization,
+		TLS: tls, ClientID: r.identity})
+	if !d.Allow && r.p.o.Log.Enabled(context.Background(), slog.LevelDebug) {
+		r.p.o.Log.Debug("Inbound denied", "port", r.port, "client", r.client, "identity", r.identity,
+			"rule", d.Authorization, "reason", d.Reason, "http", http)
+	}
+	return d
+}
+
+// authorizeTCP decides a connection relayed as opaque bytes.
+func (r *inboundRouter) authorizeTCP() bool {
+	return r.authorize(false, r.p.o.Store.Load()).Allow
 }
 
 func (r *inboundRouter) target(host string) (t h1.Target) {
 	t.Endpoint = r.app
-	t.Metrics = r.p.authority(host)
-	if d := r.p.o.Authorizer.Authorize(authz.Request{Port: r.port, Client: r.client}); !d.Allow {
-		t.Status, t.Reason = 403, "unauthorized"
+	t.Metrics = r.p.authority(host, r.identity)
+	s := r.p.o.Store.Load()
+	if d := r.authorize(true, s); !d.Allow {
+		t.Status, t.Reason = 403, d.Reason
 	}
-	if s := r.p.o.Store.Load(); s != nil {
+	if s != nil {
 		t.Timeout = s.RequestTimeout
 	}
 	return t
@@ -575,26 +761,32 @@ func (r *inboundRouter) target(host string) (t h1.Target) {
 // Route implements h1.Router.
 func (r *inboundRouter) Route(req *h1.Request) h1.Target { return r.target(req.Host()) }
 
-// authority returns the inbound metrics recorder for a Host value, from a bounded cache.
-func (p *Proxy) authority(host string) *metrics.Route {
+// authority returns the inbound metrics recorder for a Host value and client identity, from a bounded cache.
+func (p *Proxy) authority(host, identity string) *metrics.Route {
+	k := authorityKey{host, identity}
 	p.authMu.RLock()
-	m, ok := p.authorities[host]
+	m, ok := p.authorities[k]
 	p.authMu.RUnlock()
 	if ok {
 		return m
 	}
 	p.authMu.Lock()
 	defer p.authMu.Unlock()
-	if m, ok := p.authorities[host]; ok {
+	if m, ok := p.authorities[k]; ok {
 		return m
 	}
-	label := strings.Clone(host) // host may alias a request buffer
+	k.host = strings.Clone(host) // host may alias a request buffer
+	label := k.host
 	if len(p.authorities) >= p.o.MaxAuthorities {
 		label = "other"
 	}
-	m = p.o.Metrics.Route(metrics.HTTPLabels{Direction: metrics.Inbound, Authority: label, TLS: "false"})
+	l := metrics.HTTPLabels{Direction: metrics.Inbound, Authority: label, TLS: "false"}
+	if identity != "" {
+		l.TLS, l.ClientID = "true", identity
+	}
+	m = p.o.Metrics.Route(l)
 	if label != "other" {
-		p.authorities[label] = m
+		p.authorities[k] = m
 	}
 	return m
 }

@@ -7,15 +7,25 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trellis-mesh/trellis/internal/identity/workload"
 	"github.com/trellis-mesh/trellis/internal/proxyconfig"
+	"github.com/trellis-mesh/trellis/internal/spiffe"
 	"github.com/trellis-mesh/trellis/proxy/admin"
+	"github.com/trellis-mesh/trellis/proxy/authz"
 	"github.com/trellis-mesh/trellis/proxy/metrics"
+	"github.com/trellis-mesh/trellis/proxy/mtls"
 	"github.com/trellis-mesh/trellis/proxy/reload"
 	"github.com/trellis-mesh/trellis/proxy/snapshot"
 )
@@ -44,6 +54,99 @@ type RunOptions struct {
 	DetectTimeout time.Duration
 	// Log is the logger. Default slog.Default().
 	Log *slog.Logger
+
+	// IdentityAddr is the identity service's host:port. Empty disables workload identity and mesh TLS: the proxy
+	// then speaks plain TCP to every endpoint and forwards all inbound TLS untouched.
+	IdentityAddr string
+	// IdentityServerName is the DNS name the identity service's certificate must carry. Default: IdentityAddr's host.
+	IdentityServerName string
+	// TrustDomain is the mesh's trust domain. Default "cluster.local".
+	TrustDomain string
+	// PodNamespace and ServiceAccount name the workload's ServiceAccount; its SPIFFE ID is
+	// spiffe://<TrustDomain>/ns/<PodNamespace>/sa/<ServiceAccount>. Required with IdentityAddr.
+	PodNamespace, ServiceAccount string
+	// PodName and PodIP describe the workload, for logs.
+	PodName, PodIP string
+	// TokenFile is the projected ServiceAccount token for the identity service. Default workload.DefaultTokenFile.
+	TokenFile string
+	// TrustBundleFile holds the mesh's trust anchors (PEM). Default workload.DefaultTrustBundleFile.
+	TrustBundleFile string
+	// InboundProbePorts are the container ports kubelet probes target: inbound traffic to them is always authorized.
+	InboundProbePorts []uint16
+	// OpaquePorts are added to the configuration's opaquePorts.
+	OpaquePorts []uint16
+	// ClusterNetworks are the client networks the cluster-authenticated policy admits without mesh identity.
+	// Default authz.DefaultClusterNetworks (RFC 1918 and IPv6 unique local addresses).
+	ClusterNetworks []netip.Prefix
+
+	// OutboundListener, InboundListener and AdminListener, when set, are served instead of listening on the
+	// addresses above (Run closes them).
+	OutboundListener, InboundListener, AdminListener net.Listener
+	// OriginalDst overrides how a redirected connection's original destination is recovered. Default
+	// SO_ORIGINAL_DST; tests without iptables set it.
+	OriginalDst func(net.Conn) (netip.AddrPort, error)
+}
+
+// DefaultTrustDomain is the trust domain used when none is configured.
+const DefaultTrustDomain = "cluster.local"
+
+// identity starts the workload certificate manager described by o, registering its metrics on reg; it returns nil
+// when identity is disabled. The manager runs until ctx ends; wait returns once it has stopped.
+func (o *RunOptions) identity(ctx context.Context, reg prometheus.Registerer) (creds *workload.Manager,
+	wait func(), err error) {
+	wait = func() {}
+	if o.IdentityAddr == "" {
+		return nil, wait, nil
+	}
+	id, err := spiffe.FromServiceAccount(or(o.TrustDomain, DefaultTrustDomain), o.PodNamespace, o.ServiceAccount)
+	if err != nil {
+		return nil, wait, fmt.Errorf("workload identity (--trust-domain, --pod-namespace, --service-account): %w", err)
+	}
+	creds, err = workload.New(workload.Options{
+		ID:              id,
+		Addr:            o.IdentityAddr,
+		ServerName:      o.IdentityServerName,
+		TokenFile:       o.TokenFile,
+		TrustBundleFile: o.TrustBundleFile,
+		Registerer:      reg,
+		Logger:          logr.FromSlogHandler(o.Log.Handler()),
+	})
+	if err != nil {
+		return nil, wait, err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = creds.Run(ctx) // returns nil when ctx ends
+	}()
+	o.Log.Info("Workload identity enabled", "identity", id.String(), "identityAddr", o.IdentityAddr,
+		"pod", o.PodNamespace+"/"+o.PodName, "podIP", o.PodIP)
+	return creds, func() { <-done }, nil
+}
+
+// NewMeshTLS returns the mesh's connector and terminator for creds: connect timeouts follow the store's current
+// configuration, and handshakes are counted in m's mtls_handshake_total.
+func NewMeshTLS(creds mtls.Credentials, m *metrics.Metrics, store *snapshot.Store) (*mtls.Mesh, *mtls.Server) {
+	observe := func(direction string) func(error) {
+		return func(err error) {
+			result := "success"
+			if err != nil {
+				result = mtls.Reason(err)
+			}
+			m.Handshake(direction, result)
+		}
+	}
+	mesh := mtls.NewMesh(mtls.MeshOptions{
+		Credentials: creds,
+		ConnectTimeout: func() time.Duration {
+			if s := store.Load(); s != nil {
+				return s.ConnectTimeout
+			}
+			return time.Second
+		},
+		Observe: observe(metrics.Outbound),
+	})
+	return mesh, mtls.NewServer(mtls.ServerOptions{Credentials: creds, Observe: observe(metrics.Inbound)})
 }
 
 // Run starts the admin server, waits for a valid configuration, serves the outbound and inbound listeners and keeps
@@ -56,10 +159,19 @@ func Run(ctx context.Context, o RunOptions) error {
 		o.GracePeriod = 30 * time.Second
 	}
 	m := metrics.New()
+	idCtx, stopIdentity := context.WithCancel(context.Background())
+	creds, waitIdentity, err := o.identity(idCtx, m.Registry)
+	defer waitIdentity()
+	defer stopIdentity()
+	if err != nil {
+		closeListeners(o.OutboundListener, o.InboundListener, o.AdminListener)
+		return err
+	}
 	store := &snapshot.Store{}
 	w := &reload.Watcher{Dir: o.ConfigDir, Interval: o.PollInterval, Store: store, Metrics: m, Log: o.Log,
 		Compile: func(l *proxyconfig.Loaded) (*snapshot.Snapshot, error) {
-			s, err := snapshot.Compile(l, snapshot.Options{Metrics: m})
+			s, err := snapshot.Compile(l, snapshot.Options{Metrics: m, MeshTLS: creds != nil,
+				OpaquePorts: o.OpaquePorts})
 			if err == nil && o.DetectTimeout > 0 {
 				s.DetectTimeout = o.DetectTimeout
 			}
@@ -75,11 +187,20 @@ func Run(ctx context.Context, o RunOptions) error {
 		p := running.Load()
 		return p != nil && p.Draining()
 	}}
+	if creds != nil {
+		adm.Checks = append(adm.Checks, func() error {
+			if !creds.Ready() {
+				return errors.New("no workload certificate yet")
+			}
+			return nil
+		})
+	}
 	if o.EnableShutdown {
 		adm.Shutdown = func() { once.Do(func() { close(shutdown) }) }
 	}
-	adminLn, err := net.Listen("tcp", or(o.AdminAddr, fmt.Sprintf(":%d", DefaultAdminPort)))
+	adminLn, err := listenOn(o.AdminListener, o.AdminAddr, DefaultAdminPort)
 	if err != nil {
+		closeListeners(o.OutboundListener, o.InboundListener)
 		return err
 	}
 	adminSrv := &http.Server{Handler: adm.Handler(), ReadHeaderTimeout: 10 * time.Second}
@@ -94,25 +215,38 @@ func Run(ctx context.Context, o RunOptions) error {
 		for store.Load() == nil {
 			select {
 			case <-ctx.Done():
+				closeListeners(o.OutboundListener, o.InboundListener)
 				return nil
 			case <-shutdown:
+				closeListeners(o.OutboundListener, o.InboundListener)
 				return nil
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
 	}
 
-	p := New(Options{Store: store, Metrics: m, Log: o.Log})
-	running.Store(p)
-	outLn, err := net.Listen("tcp", or(o.OutboundAddr, fmt.Sprintf(":%d", DefaultOutboundPort)))
+	po := Options{Store: store, Metrics: m, Log: o.Log, OriginalDst: o.OriginalDst,
+		Authorizer: authz.NewDefault(authz.DefaultOptions{TrustDomain: or(o.TrustDomain, DefaultTrustDomain),
+			ProbePorts: o.InboundProbePorts, ClusterNetworks: o.ClusterNetworks})}
+	if creds != nil {
+		po.Connector, po.Terminator = NewMeshTLS(creds, m, store)
+	}
+	outLn, err := listenOn(o.OutboundListener, o.OutboundAddr, DefaultOutboundPort)
 	if err != nil {
+		closeListeners(o.InboundListener)
 		return err
 	}
-	inLn, err := net.Listen("tcp", or(o.InboundAddr, fmt.Sprintf(":%d", DefaultInboundPort)))
+	inLn, err := listenOn(o.InboundListener, o.InboundAddr, DefaultInboundPort)
 	if err != nil {
 		outLn.Close()
 		return err
 	}
+	if o.OriginalDst != nil {
+		// Tests that inject destinations serve on ephemeral ports: the loop check must know them.
+		po.OwnPorts = ownPorts(outLn, inLn, adminLn)
+	}
+	p := New(po)
+	running.Store(p)
 	errs := make(chan error, 2)
 	go func() { errs <- p.Serve(outLn, Outbound) }()
 	go func() { errs <- p.Serve(inLn, Inbound) }()
@@ -143,6 +277,64 @@ func Run(ctx context.Context, o RunOptions) error {
 	}
 	o.Log.Info("Proxy stopped")
 	return nil
+}
+
+// listenOn returns ln when set, else a listener on addr (":<port>" when empty).
+func listenOn(ln net.Listener, addr string, port int) (net.Listener, error) {
+	if ln != nil {
+		return ln, nil
+	}
+	return net.Listen("tcp", or(addr, fmt.Sprintf(":%d", port)))
+}
+
+func closeListeners(lns ...net.Listener) {
+	for _, ln := range lns {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+func ownPorts(lns ...net.Listener) []uint16 {
+	var ports []uint16
+	for _, ln := range lns {
+		if ta, ok := ln.Addr().(*net.TCPAddr); ok {
+			ports = append(ports, uint16(ta.Port))
+		}
+	}
+	return ports
+}
+
+// ParsePorts parses a comma-separated list of ports ("" is an empty list).
+func ParsePorts(s string) ([]uint16, error) {
+	var out []uint16
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(f, 10, 16)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("invalid port %q", f)
+		}
+		out = append(out, uint16(n))
+	}
+	return out, nil
+}
+
+// ParsePrefixes parses a comma-separated list of CIDRs ("" is an empty list).
+func ParsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 func or(v, def string) string {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/trellis-mesh/trellis/internal/identity/workload"
 	"github.com/trellis-mesh/trellis/proxy"
 )
 
@@ -25,6 +26,21 @@ func main() {
 	fs.DurationVar(&o.GracePeriod, "grace-period", proxy.DefaultGracePeriod, "How long to drain connections on shutdown.")
 	fs.DurationVar(&o.DetectTimeout, "detect-timeout", 0, "Override the configuration's protocol detection timeout (0: use the configuration's, default 1s).")
 	level := fs.String("log-level", "info", "Log level: debug, info, warn or error.")
+	fs.StringVar(&o.IdentityAddr, "identity-addr", "", "Identity service host:port (e.g. trellis-identity.trellis-system.svc:8080). Empty disables workload identity and mesh TLS.")
+	fs.StringVar(&o.IdentityServerName, "identity-server-name", "", "DNS name the identity service's certificate must carry (default: the host of --identity-addr).")
+	fs.StringVar(&o.TrustDomain, "trust-domain", proxy.DefaultTrustDomain, "The mesh's trust domain.")
+	fs.StringVar(&o.PodNamespace, "pod-namespace", "", "The workload's namespace (its identity is spiffe://<trust-domain>/ns/<pod-namespace>/sa/<service-account>).")
+	fs.StringVar(&o.ServiceAccount, "service-account", "", "The workload's ServiceAccount.")
+	fs.StringVar(&o.PodName, "pod-name", "", "The workload's pod name (for logs).")
+	fs.StringVar(&o.PodIP, "pod-ip", "", "The workload's pod IP (for logs).")
+	fs.StringVar(&o.TokenFile, "token-file", workload.DefaultTokenFile, "Projected ServiceAccount token (audience identity.trellis.io) presented to the identity service.")
+	fs.StringVar(&o.TrustBundleFile, "trust-bundle-file", workload.DefaultTrustBundleFile, "PEM bundle of the mesh's trust anchors.")
+	fs.Func("inbound-probe-ports", "Comma-separated container ports kubelet probes target; inbound traffic to them is always authorized.",
+		func(v string) (err error) { o.InboundProbePorts, err = proxy.ParsePorts(v); return err })
+	fs.Func("opaque-ports", "Comma-separated ports on which protocol detection is skipped, added to the configuration's opaquePorts.",
+		func(v string) (err error) { o.OpaquePorts, err = proxy.ParsePorts(v); return err })
+	fs.Func("cluster-networks", "Comma-separated CIDRs whose unauthenticated clients the cluster-authenticated policy admits (default: RFC 1918 and fc00::/7).",
+		func(v string) (err error) { o.ClusterNetworks, err = proxy.ParsePrefixes(v); return err })
 	fs.VisitAll(func(f *flag.Flag) {
 		env := "TRELLIS_PROXY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(env); ok {

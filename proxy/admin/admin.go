@@ -21,6 +21,9 @@ type Server struct {
 	Store *snapshot.Store
 	// Draining reports that shutdown has begun; /ready then fails. Optional.
 	Draining func() bool
+	// Checks are further readiness conditions (such as a first workload certificate): /ready fails with the first
+	// error one returns.
+	Checks []func() error
 	// Shutdown, when set, is served on POST /shutdown (enabled by the proxy's --enable-shutdown flag); otherwise
 	// /shutdown answers 404.
 	Shutdown func()
@@ -50,6 +53,12 @@ func (s *Server) Handler() http.Handler {
 		case s.Store.Load() == nil:
 			http.Error(w, "no configuration loaded", http.StatusServiceUnavailable)
 		default:
+			for _, check := range s.Checks {
+				if err := check(); err != nil {
+					http.Error(w, err.Error(), http.StatusServiceUnavailable)
+					return
+				}
+			}
 			_, _ = w.Write([]byte("ready\n"))
 		}
 	})

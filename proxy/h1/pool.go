@@ -15,7 +15,8 @@ import (
 // bufferSize is the size of each connection's read and write buffers; a message head must fit the read buffer.
 const bufferSize = 16 << 10
 
-// Pool keeps idle keep-alive connections to upstream endpoints, keyed by endpoint address. It lives outside
+// Pool keeps idle keep-alive connections to upstream endpoints, keyed by endpoint address and identity (a connection
+// made over mesh TLS for one identity is never used for another, even at the same address). It lives outside
 // configuration snapshots, so connections survive reloads.
 type Pool struct {
 	// Connector opens new connections. Required.
@@ -28,7 +29,13 @@ type Pool struct {
 	Now func() time.Time
 
 	mu    sync.Mutex
-	hosts map[netip.AddrPort]*hostPool
+	hosts map[poolKey]*hostPool
+}
+
+// poolKey identifies an endpoint: its address and the identity its connections were verified against.
+type poolKey struct {
+	addr     netip.AddrPort
+	identity string
 }
 
 type hostPool struct {
@@ -41,7 +48,7 @@ type upstream struct {
 	conn      net.Conn
 	br        *bufio.Reader
 	bw        *bufio.Writer
-	addr      netip.AddrPort
+	key       poolKey
 	idleSince time.Time
 }
 
@@ -55,23 +62,23 @@ func (p *Pool) now() time.Time {
 	return time.Now()
 }
 
-func (p *Pool) host(addr netip.AddrPort) *hostPool {
+func (p *Pool) host(k poolKey) *hostPool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.hosts == nil {
-		p.hosts = map[netip.AddrPort]*hostPool{}
+		p.hosts = map[poolKey]*hostPool{}
 	}
-	h := p.hosts[addr]
+	h := p.hosts[k]
 	if h == nil {
 		h = &hostPool{}
-		p.hosts[addr] = h
+		p.hosts[k] = h
 	}
 	return h
 }
 
 // get returns an idle connection to ep, or a new one. reused tells which.
 func (p *Pool) get(ep *balance.Endpoint) (u *upstream, reused bool, err error) {
-	h := p.host(ep.Addr)
+	h := p.host(poolKey{ep.Addr, ep.Identity})
 	idleTimeout := p.IdleTimeout
 	if idleTimeout <= 0 {
 		idleTimeout = 90 * time.Second
@@ -107,7 +114,7 @@ func (p *Pool) dial(ep *balance.Endpoint) (*upstream, error) {
 		return nil, err
 	}
 	return &upstream{conn: c, br: bufio.NewReaderSize(c, bufferSize), bw: bufio.NewWriterSize(c, bufferSize),
-		addr: ep.Addr}, nil
+		key: poolKey{ep.Addr, ep.Identity}}, nil
 }
 
 // put returns a connection whose last exchange completed cleanly.
@@ -121,7 +128,7 @@ func (p *Pool) put(u *upstream) {
 		max = 128
 	}
 	u.idleSince = p.now()
-	h := p.host(u.addr)
+	h := p.host(u.key)
 	h.mu.Lock()
 	if len(h.idle) >= max {
 		h.mu.Unlock()
@@ -149,7 +156,7 @@ func (p *Pool) closeIdle(all bool) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for addr, h := range p.hosts {
+	for k, h := range p.hosts {
 		h.mu.Lock()
 		kept := h.idle[:0]
 		for _, u := range h.idle {
@@ -162,7 +169,7 @@ func (p *Pool) closeIdle(all bool) {
 		clear(h.idle[len(kept):])
 		h.idle = kept
 		if len(kept) == 0 {
-			delete(p.hosts, addr)
+			delete(p.hosts, k)
 		}
 		h.mu.Unlock()
 	}

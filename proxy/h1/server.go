@@ -98,6 +98,10 @@ type Router interface {
 type Server struct {
 	// Pool holds upstream connections. Required.
 	Pool *Pool
+	// Mesh, when set, carries requests to endpoints with an identity over the mesh's multiplexed HTTP/2 (upgrades and
+	// CONNECT excepted: they are tunnelled over Pool, whose Connector wraps them in mesh TLS). Default nil: every
+	// request goes over Pool.
+	Mesh Mesh
 	// IdleTimeout closes a client connection that waits this long for its next request. Default 90s.
 	IdleTimeout time.Duration
 	// Log receives connection-level failures at debug level. Default slog.Default().
@@ -248,6 +252,9 @@ func (c *conn) hasBody() bool { return c.req.contentLength > 0 || c.req.chunked 
 // forward sends the request upstream and relays the response.
 func (c *conn) forward(t Target, start time.Time) (keep bool) {
 	s := c.s
+	if c.viaMesh(t) {
+		return c.forwardMesh(t, start)
+	}
 	u, reused, err := s.Pool.get(t.Endpoint)
 	if err != nil {
 		return c.failed(t, start, 502, "connect failed", err)
@@ -458,12 +465,17 @@ func (c *conn) failed(t Target, start time.Time, code int, reason string, err er
 	return false
 }
 
-// localReply answers with an empty-bodied response and Connection: close.
+// localReply answers with an empty-bodied response and Connection: close. A 403 carries the reason in
+// trellis-deny-reason; other statuses in trellis-proxy-error.
 func (c *conn) localReply(code int, reason string) {
 	c.bw.WriteString("HTTP/1.1 ")      //nolint:errcheck // checked by Flush
 	c.bw.WriteString(statusLine(code)) //nolint:errcheck // checked by Flush
 	_, _ = c.bw.WriteString("\r\ncontent-length: 0\r\nconnection: close\r\n")
-	if reason != "" {
+	if code == 403 {
+		_, _ = c.bw.WriteString("trellis-proxy-error: unauthorized\r\ntrellis-deny-reason: ")
+		c.bw.WriteString(reason) //nolint:errcheck // checked by Flush
+		c.bw.WriteString("\r\n") //nolint:errcheck // checked by Flush
+	} else if reason != "" {
 		c.bw.WriteString("trellis-proxy-error: ") //nolint:errcheck // checked by Flush
 		c.bw.WriteString(reason)                  //nolint:errcheck // checked by Flush
 		c.bw.WriteString("\r\n")                  //nolint:errcheck // checked by Flush

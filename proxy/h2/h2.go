@@ -1,18 +1,27 @@
 // Package h2 forwards HTTP/2 with prior knowledge (h2c, as gRPC speaks it) stream by stream to upstream endpoints over
-// multiplexed HTTP/2 connections, on net/http's HTTP/2 server and transport. Bodies stream in both directions through a fixed buffer under HTTP/2 flow control;
-// trailers (gRPC status) and resets pass through; Shutdown sends GOAWAY.
+// multiplexed HTTP/2 connections, on net/http's HTTP/2 server and transport. Bodies stream in both directions through
+// a fixed buffer under HTTP/2 flow control; trailers (gRPC status) and resets pass through; Shutdown sends GOAWAY.
+//
+// Streams to endpoints with an identity go over mesh TLS (ALPN "h2") when a mesh connector is configured, on a
+// transport whose connection pool is keyed by the endpoint's address and identity; HTTP/1.x requests of the proxy's
+// HTTP/1 side use the same connections (RoundTripMesh). Streams whose router says so (requests that were HTTP/1.x at
+// the client, see mtls.OrigProtoHeader) reach their endpoint as HTTP/1.1.
 package h2
 
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/textproto"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -35,8 +44,10 @@ type Target struct {
 	// Status, when non-zero, answers locally with this status instead of forwarding (gRPC requests get the matching
 	// grpc-status instead).
 	Status int
-	// Reason explains a local answer in the trellis-proxy-error header.
+	// Reason explains a local answer in the trellis-proxy-error header, or for 403 in trellis-deny-reason.
 	Reason string
+	// HTTP1 sends the stream to Endpoint as an HTTP/1.1 request instead of HTTP/2.
+	HTTP1 bool
 }
 
 // Router decides where each stream goes. Route must not block.
@@ -49,15 +60,23 @@ type Server struct {
 	log       *slog.Logger
 	srv       *http.Server
 	ln        *connListener
-	transport *http.Transport
+	transport *http.Transport // h2c
+	http1     *http.Transport // HTTP/1.1, for Target.HTTP1
+	mesh      *http.Transport // h2 over mesh TLS; nil when mesh TLS is off
 	bufs      sync.Pool
 	served    chan struct{}
+
+	hostsMu sync.RWMutex
+	hosts   map[meshDest]string
 }
 
 // Options configure NewServer.
 type Options struct {
 	// Connector opens upstream connections. Required.
 	Connector mtls.Connector
+	// Mesh opens mesh TLS connections for streams to endpoints with an identity. Default nil: identities are ignored
+	// and such endpoints get h2c like the others (mesh TLS disabled).
+	Mesh mtls.TLSConnector
 	// IdleTimeout closes client and upstream connections without streams for this long. Default 90s.
 	IdleTimeout time.Duration
 	// MaxConcurrentStreams is advertised to clients. Default 1000.
@@ -102,22 +121,118 @@ func NewServer(o Options) *Server {
 		s.srv.Serve(s.ln) //nolint:errcheck // ends with http.ErrServerClosed at Shutdown
 	}()
 	connector := o.Connector
+	dial := func(ctx context.Context, _, addr string) (net.Conn, error) {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		return connector.Connect(ctx, &balance.Endpoint{Addr: ap, HostPort: addr})
+	}
+	pings := &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second}
 	s.transport = &http.Transport{
-		Protocols: h2c,
-		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			ap, err := netip.ParseAddrPort(addr)
-			if err != nil {
-				return nil, err
-			}
-			return connector.Connect(ctx, &balance.Endpoint{Addr: ap, HostPort: addr})
-		},
+		Protocols:   h2c,
+		DialContext: dial,
 		// A proxy relays bodies as they are: no transparent compression.
 		DisableCompression: true,
 		IdleConnTimeout:    o.IdleTimeout,
-		HTTP2:              &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+		HTTP2:              pings,
+	}
+	h1 := new(http.Protocols)
+	h1.SetHTTP1(true)
+	s.http1 = &http.Transport{
+		Protocols:           h1,
+		DialContext:         dial,
+		DisableCompression:  true,
+		IdleConnTimeout:     o.IdleTimeout,
+		MaxIdleConnsPerHost: 128,
+	}
+	if o.Mesh != nil {
+		tlsH2 := new(http.Protocols)
+		tlsH2.SetHTTP2(true)
+		mesh := o.Mesh
+		s.mesh = &http.Transport{
+			Protocols:         tlsH2,
+			ForceAttemptHTTP2: true,
+			DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				ep, err := parseMeshHost(addr)
+				if err != nil {
+					return nil, err
+				}
+				return mesh.ConnectTLS(ctx, ep, mtls.ProtocolHTTP2)
+			},
+			DisableCompression: true,
+			IdleConnTimeout:    o.IdleTimeout,
+			HTTP2:              pings,
+		}
+		s.hosts = map[meshDest]string{}
 	}
 	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	return s
+}
+
+// meshDest is where a mesh connection goes: the pool key of the mesh transport.
+type meshDest struct {
+	addr     netip.AddrPort
+	identity string
+}
+
+// maxMeshHosts bounds the cache of encoded mesh hosts; past it the cache starts over (entries are recomputed).
+const maxMeshHosts = 4096
+
+// meshHost returns the URL host that stands for ep on the mesh transport: its identity and address encoded into a
+// host name, so that net/http's pool keeps connections per address and identity, and the dialer can recover both.
+func (s *Server) meshHost(ep *balance.Endpoint) string {
+	k := meshDest{ep.Addr, ep.Identity}
+	s.hostsMu.RLock()
+	h, ok := s.hosts[k]
+	s.hostsMu.RUnlock()
+	if ok {
+		return h
+	}
+	h = encodeMeshHost(ep.Addr, ep.Identity)
+	s.hostsMu.Lock()
+	if len(s.hosts) >= maxMeshHosts {
+		clear(s.hosts)
+	}
+	s.hosts[k] = h
+	s.hostsMu.Unlock()
+	return h
+}
+
+// encodeMeshHost returns "<hex identity>.<hex IP>.mesh:<port>".
+func encodeMeshHost(addr netip.AddrPort, identity string) string {
+	ip := addr.Addr().Unmap().AsSlice()
+	return hex.EncodeToString([]byte(identity)) + "." + hex.EncodeToString(ip) + ".mesh:" +
+		strconv.Itoa(int(addr.Port()))
+}
+
+// parseMeshHost reverses encodeMeshHost.
+func parseMeshHost(hostport string) (*balance.Endpoint, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return nil, err
+	}
+	idHex, rest, ok1 := strings.Cut(host, ".")
+	ipHex, suffix, ok2 := strings.Cut(rest, ".")
+	id, err1 := hex.DecodeString(idHex)
+	ipb, err2 := hex.DecodeString(ipHex)
+	p, err3 := strconv.ParseUint(port, 10, 16)
+	ip, ok3 := netip.AddrFromSlice(ipb)
+	if !ok1 || !ok2 || suffix != "mesh" || err1 != nil || err2 != nil || err3 != nil || !ok3 {
+		return nil, fmt.Errorf("h2: %q is not a mesh host", hostport)
+	}
+	return balance.NewEndpoint(netip.AddrPortFrom(ip, uint16(p)), string(id), ""), nil
+}
+
+// RoundTripMesh sends req to the meshed endpoint ep over the mesh's HTTP/2 connection for ep's address and identity
+// (dialled on first use; more connections only when the server's stream limit is reached). It sets req.URL's scheme
+// and host; the request's authority is req.Host.
+func (s *Server) RoundTripMesh(req *http.Request, ep *balance.Endpoint) (*http.Response, error) {
+	if s.mesh == nil {
+		return nil, errors.New("h2: mesh TLS is disabled")
+	}
+	req.URL.Scheme, req.URL.Host = "https", s.meshHost(ep)
+	return s.mesh.RoundTrip(req)
 }
 
 // clientConn is a client connection whose first bytes were read ahead into a bufio.Reader by detection. Close
@@ -131,7 +246,12 @@ type clientConn struct {
 }
 
 // Read reads the peeked bytes first, then the connection.
-func (c *clientConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+func (c *clientConn) Read(b []byte) (int, error) {
+	if c.r == nil {
+		return c.Conn.Read(b)
+	}
+	return c.r.Read(b)
+}
 
 // Close closes the connection and wakes ServeConn.
 func (c *clientConn) Close() error {
@@ -170,8 +290,8 @@ func (l *connListener) Close() error {
 // Addr returns a placeholder address: connections come from the proxy's own listeners.
 func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }
 
-// ServeConn serves streams on c until the client or Shutdown ends the connection. br holds bytes already peeked.
-// ServeConn returns when the connection is closed; br must not be reused before then.
+// ServeConn serves streams on c until the client or Shutdown ends the connection. br, when not nil, reads c and holds
+// bytes already peeked. ServeConn returns when the connection is closed; br must not be reused before then.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn, br *bufio.Reader, router Router) {
 	cc := &clientConn{Conn: c, r: br, router: router, done: make(chan struct{})}
 	select {
@@ -196,7 +316,13 @@ func (s *Server) Shutdown(ctx context.Context) {
 }
 
 // CloseIdle closes idle upstream connections.
-func (s *Server) CloseIdle() { s.transport.CloseIdleConnections() }
+func (s *Server) CloseIdle() {
+	s.transport.CloseIdleConnections()
+	s.http1.CloseIdleConnections()
+	if s.mesh != nil {
+		s.mesh.CloseIdleConnections()
+	}
+}
 
 type handler struct {
 	s *Server
@@ -236,11 +362,22 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
-	resp, err := h.s.transport.RoundTrip(out)
+	rt := h.s.transport
+	mesh := t.Endpoint.Identity != "" && h.s.mesh != nil
+	switch {
+	case mesh:
+		// The client spoke HTTP/2: the header must not make the server's proxy think otherwise.
+		delete(out.Header, mtls.OrigProtoHeader)
+		rt, out.URL.Scheme, out.URL.Host = h.s.mesh, "https", h.s.meshHost(t.Endpoint)
+	case t.HTTP1:
+		rt = h.s.http1
+	}
+	resp, err := rt.RoundTrip(out)
 	if err != nil {
-		code, reason := 502, "upstream failed"
-		if errors.Is(err, context.DeadlineExceeded) {
-			code, reason = 504, "response timeout"
+		code, reason := UpstreamFailure(err, mesh)
+		if h.s.log.Enabled(r.Context(), slog.LevelDebug) {
+			h.s.log.Debug("Stream failed", "endpoint", t.Endpoint.HostPort, "identity", t.Endpoint.Identity,
+				"status", code, "error", err)
 		}
 		if t.Done != nil {
 			t.Done(balance.DoneInfo{Err: err, Latency: time.Since(start)})
@@ -262,6 +399,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	latency := time.Since(start)
 	if t.Done != nil {
 		t.Done(balance.DoneInfo{Latency: latency})
+	}
+	if t.HTTP1 {
+		RemoveHopByHop(resp.Header)
 	}
 	hdr := w.Header()
 	for k, v := range resp.Header {
@@ -322,10 +462,57 @@ func (h *handler) copyBody(w http.ResponseWriter, body io.Reader) error {
 // grpcCodes maps proxy statuses to gRPC codes (UNAVAILABLE, PERMISSION_DENIED, DEADLINE_EXCEEDED, …).
 var grpcCodes = map[int]string{403: "7", 404: "12", 502: "14", 503: "14", 504: "4"}
 
+// UpstreamFailure maps an upstream failure to the status and reason the client gets: 504 for a timeout, 502 with
+// the mesh TLS failure reason for a failed mesh handshake (mesh says the request went over mesh TLS), else 502.
+func UpstreamFailure(err error, mesh bool) (code int, reason string) {
+	var he *mtls.HandshakeError
+	switch {
+	case errors.As(err, &he):
+		return 502, meshFailures[mtls.Reason(he.Err)]
+	case mesh && (mtls.Reason(err) == mtls.ReasonPeerRefused || strings.Contains(err.Error(), "could not be established")):
+		// TLS 1.3: the client learns that the server refused its certificate only after its own handshake, from
+		// the alert that comes instead of the server's first HTTP/2 frames.
+		return 502, meshFailures[mtls.ReasonPeerRefused]
+	case errors.Is(err, context.DeadlineExceeded):
+		return 504, "response timeout"
+	}
+	return 502, "upstream failed"
+}
+
+var meshFailures = map[string]string{}
+
+func init() {
+	for _, r := range []string{mtls.ReasonIdentityMismatch, mtls.ReasonUntrusted, mtls.ReasonNoCertificate,
+		mtls.ReasonProtocol, mtls.ReasonTimeout, mtls.ReasonPeerRefused, mtls.ReasonOther} {
+		meshFailures[r] = "mesh tls handshake failed: " + r
+	}
+}
+
+// RemoveHopByHop deletes the connection-specific fields of an HTTP/1 message (RFC 9110 §7.6.1), which HTTP/2 must not
+// carry: Connection and the fields it names, Keep-Alive, Proxy-Connection, Transfer-Encoding and Upgrade.
+func RemoveHopByHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for _, f := range strings.Split(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				h.Del(f)
+			}
+		}
+	}
+	for _, k := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade"} {
+		delete(h, k)
+	}
+}
+
 // local answers without forwarding; gRPC clients get a trailers-only response carrying the matching grpc-status.
+// A 403 carries trellis-deny-reason with the reason.
 func (h *handler) local(w http.ResponseWriter, r *http.Request, t Target, start time.Time, code int, reason string) {
 	hdr := w.Header()
-	hdr.Set("Trellis-Proxy-Error", reason)
+	if code == 403 {
+		hdr.Set("Trellis-Proxy-Error", "unauthorized")
+		hdr.Set("Trellis-Deny-Reason", reason)
+	} else {
+		hdr.Set("Trellis-Proxy-Error", reason)
+	}
 	if isGRPC(r) {
 		gc, ok := grpcCodes[code]
 		if !ok {

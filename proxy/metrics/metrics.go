@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -50,10 +51,15 @@ type Metrics struct {
 	detect    *prometheus.CounterVec
 	reloads   *prometheus.CounterVec
 	info      *prometheus.GaugeVec
+	authz     [2][2]*prometheus.CounterVec // [http, tcp][deny, allow]
+	handshake *prometheus.CounterVec
 
 	mu     sync.Mutex
 	routes map[HTTPLabels]*Route
 	tcps   map[TCPLabels]*TCP
+
+	authzMu    sync.RWMutex
+	authzCache map[AuthzLabels]prometheus.Counter
 }
 
 // New registers the proxy's series, plus the Go runtime and process collectors, in a new registry.
@@ -86,13 +92,87 @@ func New() *Metrics {
 			[]string{"result"}),
 		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "config_info",
 			Help: "The running configuration: 1 for its version and hash."}, []string{"version", "hash"}),
-		routes: map[HTTPLabels]*Route{},
-		tcps:   map[TCPLabels]*TCP{},
+		handshake: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mtls_handshake_total",
+			Help: "Mesh TLS handshakes by direction and result: success, or the failure reason " +
+				"(identity_mismatch, untrusted_peer, no_certificate, protocol, timeout, peer_refused, other)."},
+			[]string{"direction", "result"}),
+		routes:     map[HTTPLabels]*Route{},
+		tcps:       map[TCPLabels]*TCP{},
+		authzCache: map[AuthzLabels]prometheus.Counter{},
+	}
+	for i, kind := range []struct{ proto, what string }{{"http", "requests"}, {"tcp", "connections"}} {
+		labels := authzTCPLabels
+		if kind.proto == "http" {
+			labels = authzHTTPLabels
+		}
+		for j, result := range []struct{ name, what string }{{"deny", "denied"}, {"allow", "allowed"}} {
+			m.authz[i][j] = prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "inbound_" + kind.proto + "_authz_" + result.name + "_total",
+				Help: "Inbound " + kind.what + " " + result.what + " by authorization, by the rule that decided.",
+			}, labels)
+		}
 	}
 	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.tcpOpen, m.tcpClose, m.tcpConns, m.tcpRead,
-		m.tcpWrite, m.detect, m.reloads, m.info,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.tcpWrite, m.detect, m.reloads, m.info, m.handshake, m.authz[0][0], m.authz[0][1], m.authz[1][0],
+		m.authz[1][1], collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+var (
+	authzTCPLabels  = []string{"target_port", "rule", "tls", "client_id"}
+	authzHTTPLabels = append(append([]string{}, authzTCPLabels...), "route")
+)
+
+// AuthzLabels identify an inbound authorization decision.
+type AuthzLabels struct {
+	// HTTP selects the inbound_http_authz_* series (a request); otherwise inbound_tcp_authz_* (a connection).
+	HTTP bool
+	// Allow selects the *_allow_total series; otherwise *_deny_total.
+	Allow bool
+	// Port is the inbound (application) port, the target_port label.
+	Port uint16
+	// Rule names the rule that decided, e.g. "default:all-authenticated" or "probe".
+	Rule string
+	// TLS is "true" when the client came over mesh TLS, else "false".
+	TLS string
+	// ClientID is the client's SPIFFE ID; empty without mesh TLS.
+	ClientID string
+	// Route is the inbound route's name (HTTP only).
+	Route string
+}
+
+// Authz counts one authorization decision. Label sets are cached: after the first decision of a kind, counting takes
+// a read lock and a map lookup.
+func (m *Metrics) Authz(l AuthzLabels) {
+	m.authzMu.RLock()
+	c, ok := m.authzCache[l]
+	m.authzMu.RUnlock()
+	if !ok {
+		m.authzMu.Lock()
+		if c, ok = m.authzCache[l]; !ok {
+			kind, result := 1, 0
+			if l.HTTP {
+				kind = 0
+			}
+			if l.Allow {
+				result = 1
+			}
+			l.Rule, l.ClientID, l.Route = strings.Clone(l.Rule), strings.Clone(l.ClientID), strings.Clone(l.Route)
+			v := []string{strconv.Itoa(int(l.Port)), l.Rule, l.TLS, l.ClientID}
+			if l.HTTP {
+				v = append(v, l.Route)
+			}
+			c = m.authz[kind][result].WithLabelValues(v...)
+			m.authzCache[l] = c
+		}
+		m.authzMu.Unlock()
+	}
+	c.Inc()
+}
+
+// Handshake counts one mesh TLS handshake of a direction with its result: "success" or a failure reason.
+func (m *Metrics) Handshake(direction, result string) {
+	m.handshake.WithLabelValues(direction, result).Inc()
 }
 
 // HTTPLabels identify an HTTP traffic class: a route of a service in one direction.

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,8 @@ type Snapshot struct {
 	Source []string
 	// DetectTimeout, ConnectTimeout, RequestTimeout, TCPIdleTimeout and HTTPIdleTimeout are the document's defaults.
 	DetectTimeout, ConnectTimeout, RequestTimeout, TCPIdleTimeout, HTTPIdleTimeout time.Duration
+	// DefaultPolicy is inbound.defaultPolicy: the authorization policy of ports without their own.
+	DefaultPolicy string
 
 	services map[netip.AddrPort]*Service
 	inbound  map[uint16]*InboundPort
@@ -47,8 +50,10 @@ type Service struct {
 	Routes []*Route
 	// Default is the service-level route (its backends with their weights, route label "").
 	Default *Route
-	// TCP records the service's outbound TCP connections.
+	// TCP records the service's outbound TCP connections to endpoints without mesh TLS.
 	TCP *metrics.TCP
+
+	meshTCP map[string]*metrics.TCP // by endpoint identity, when mesh TLS is on
 }
 
 // Route is a compiled HTTP route.
@@ -57,13 +62,14 @@ type Route struct {
 	Name string
 	// Timeout bounds the time to response headers; 0 means none.
 	Timeout time.Duration
-	// Metrics records the route's requests and responses.
+	// Metrics records the route's requests and responses to endpoints without mesh TLS.
 	Metrics *metrics.Route
 
-	matches  []match
-	backends []*Backend
-	cumul    []uint64 // cumulative weights of backends
-	randN    func(uint64) uint64
+	meshMetrics map[string]*metrics.Route // by endpoint identity, when mesh TLS is on
+	matches     []match
+	backends    []*Backend
+	cumul       []uint64 // cumulative weights of backends
+	randN       func(uint64) uint64
 }
 
 // Backend is a compiled backend: a weighted set of endpoints behind a Picker.
@@ -84,7 +90,7 @@ type InboundPort struct {
 	Name string
 	// Opaque is true when the port's protocol hint is "opaque".
 	Opaque bool
-	// DefaultPolicy is the port's default authorization policy (not enforced yet).
+	// DefaultPolicy is the port's default authorization policy.
 	DefaultPolicy string
 }
 
@@ -104,8 +110,39 @@ func (s *Snapshot) Service(dst netip.AddrPort) *Service {
 // Inbound returns the settings of an inbound port, or nil when the document has none for it.
 func (s *Snapshot) Inbound(port uint16) *InboundPort { return s.inbound[port] }
 
-// OpaquePort reports whether port is listed in opaquePorts.
+// OpaquePort reports whether port is listed in opaquePorts (or in Options.OpaquePorts).
 func (s *Snapshot) OpaquePort(port uint16) bool { return s.opaque[port] }
+
+// Policy returns the default authorization policy of an inbound port: its own, else inbound.defaultPolicy.
+func (s *Snapshot) Policy(port uint16) string {
+	if p := s.inbound[port]; p != nil && p.DefaultPolicy != "" {
+		return p.DefaultPolicy
+	}
+	return s.DefaultPolicy
+}
+
+// MetricsFor returns the recorder of the route's requests to an endpoint with the given identity: labelled
+// tls="true" and server_id=identity when the snapshot was compiled with mesh TLS and identity is not empty, else
+// Metrics.
+func (rt *Route) MetricsFor(identity string) *metrics.Route {
+	if identity != "" {
+		if m := rt.meshMetrics[identity]; m != nil {
+			return m
+		}
+	}
+	return rt.Metrics
+}
+
+// TCPFor returns the recorder of the service's TCP connections to an endpoint with the given identity, like
+// Route.MetricsFor.
+func (svc *Service) TCPFor(identity string) *metrics.TCP {
+	if identity != "" {
+		if m := svc.meshTCP[identity]; m != nil {
+			return m
+		}
+	}
+	return svc.TCP
+}
 
 // Route returns the first route that matches r, or the service's Default route.
 func (svc *Service) Route(r Request) *Route {
@@ -212,6 +249,11 @@ type Options struct {
 	RandN func(n uint64) uint64
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// MeshTLS says that endpoints with an identity are reached over mesh TLS, so their traffic is recorded with
+	// tls="true" and server_id. Default false: identities are ignored.
+	MeshTLS bool
+	// OpaquePorts are added to the document's opaquePorts (the proxy's --opaque-ports).
+	OpaquePorts []uint16
 }
 
 // Compile turns a loaded (defaulted, validated) document into a Snapshot.
@@ -228,8 +270,8 @@ func Compile(l *proxyconfig.Loaded, o Options) (*Snapshot, error) {
 		Version: c.Version, Hash: l.Hash, LoadedAt: o.Now(), Source: l.Files,
 		DetectTimeout: d.DetectTimeout.Duration, ConnectTimeout: d.ConnectTimeout.Duration,
 		RequestTimeout: d.RequestTimeout.Duration, TCPIdleTimeout: d.TCPIdleTimeout.Duration,
-		HTTPIdleTimeout: d.HTTPIdleTimeout.Duration,
-		services:        map[netip.AddrPort]*Service{}, inbound: map[uint16]*InboundPort{}, opaque: map[uint16]bool{},
+		HTTPIdleTimeout: d.HTTPIdleTimeout.Duration, DefaultPolicy: c.Inbound.DefaultPolicy,
+		services: map[netip.AddrPort]*Service{}, inbound: map[uint16]*InboundPort{}, opaque: map[uint16]bool{},
 	}
 	build := roundrobin.New
 	if d.LoadBalancer == proxyconfig.LoadBalancerRandom {
@@ -253,6 +295,9 @@ func Compile(l *proxyconfig.Loaded, o Options) (*Snapshot, error) {
 	}
 	for _, p := range c.OpaquePorts {
 		s.opaque[uint16(p)] = true
+	}
+	for _, p := range o.OpaquePorts {
+		s.opaque[p] = true
 	}
 	return s, nil
 }
@@ -278,6 +323,15 @@ func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconf
 		all = append(all, cb)
 		weights = append(weights, *b.Weight)
 	}
+	if o.MeshTLS {
+		for _, id := range identities(all) {
+			if svc.meshTCP == nil {
+				svc.meshTCP = map[string]*metrics.TCP{}
+			}
+			svc.meshTCP[id] = o.Metrics.TCP(metrics.TCPLabels{Direction: metrics.Outbound, TLS: "true",
+				DstNamespace: cs.Namespace, DstService: cs.Name, ServerID: id})
+		}
+	}
 	newRoute := func(name string, timeout time.Duration, bs []*Backend, ws []int32) *Route {
 		rt := &Route{Name: name, Timeout: timeout, backends: bs, randN: o.RandN}
 		var sum uint64
@@ -285,8 +339,18 @@ func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconf
 			sum += uint64(w)
 			rt.cumul = append(rt.cumul, sum)
 		}
-		rt.Metrics = o.Metrics.Route(metrics.HTTPLabels{Direction: metrics.Outbound, Authority: svc.Authority,
-			TLS: "false", DstNamespace: cs.Namespace, DstService: cs.Name, Route: name})
+		l := metrics.HTTPLabels{Direction: metrics.Outbound, Authority: svc.Authority, TLS: "false",
+			DstNamespace: cs.Namespace, DstService: cs.Name, Route: name}
+		rt.Metrics = o.Metrics.Route(l)
+		if o.MeshTLS {
+			for _, id := range identities(bs) {
+				if rt.meshMetrics == nil {
+					rt.meshMetrics = map[string]*metrics.Route{}
+				}
+				l.TLS, l.ServerID = "true", id
+				rt.meshMetrics[id] = o.Metrics.Route(l)
+			}
+		}
 		return rt
 	}
 	svc.Default = newRoute("", d.RequestTimeout.Duration, all, weights)
@@ -314,6 +378,19 @@ func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconf
 		svc.Routes = append(svc.Routes, rt)
 	}
 	return svc, nil
+}
+
+// identities returns the distinct endpoint identities of backends.
+func identities(backends []*Backend) []string {
+	var ids []string
+	for _, b := range backends {
+		for _, ep := range b.Endpoints {
+			if ep.Identity != "" && !slices.Contains(ids, ep.Identity) {
+				ids = append(ids, ep.Identity)
+			}
+		}
+	}
+	return ids
 }
 
 func compileMatch(m proxyconfig.Match) (match, error) {
