@@ -39,6 +39,7 @@ fi
 # 2. binaries and infrastructure images (cached outside the clone; only the first run builds them)
 log "binaries: Kubernetes $KUBE_VERSION, etcd, CoreDNS in $KBIN (cold build ~25 min on 2 cores)"
 "$ROOT/hack/k8s-bins.sh" all >/dev/null
+mkdir -p "$ROOT/bin" && ln -sf "$KBIN/kubectl" "$ROOT/bin/kubectl" # make puts bin/ on PATH
 "$HACK/cert-manager.sh" build
 "$HACK/prometheus.sh" build
 "$HACK/images.sh" infra

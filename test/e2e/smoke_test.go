@@ -29,7 +29,7 @@ func TestNodeReadyThroughHostKubeconfig(t *testing.T) {
 	ctx := context.Background()
 	env.CollectOnFailure(t)
 	// exactly what a user types on the host
-	out, err := env.Run(ctx, "kubectl", "--kubeconfig", env.Kubeconfig, "get", "nodes", "--no-headers")
+	out, err := env.Run(ctx, env.KubectlPath, "--kubeconfig", env.Kubeconfig, "get", "nodes", "--no-headers")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,8 @@ const (
 	NodeName      = "trellis-node"
 	NodeIP        = "10.200.0.10"
 	PrometheusURL = "http://10.200.0.10:9090"
+	// KubeVersion is the Kubernetes release of the test ground (hack/k8s-bins.sh).
+	KubeVersion = "v1.34.4"
 	// ImageRepo prefixes every image the test ground builds: <ImageRepo>/<name>:dev.
 	ImageRepo = "trellis.io"
 	// FieldOwner is the server-side-apply field manager of objects the suites apply.
@@ -44,6 +46,8 @@ type Env struct {
 	Kubeconfig string
 	// ArtifactsDir receives logs and object dumps when a test fails (test/e2e/artifacts, git-ignored).
 	ArtifactsDir string
+	// KubectlPath is the cluster's kubectl, from the machine's cache.
+	KubectlPath string
 
 	Config    *rest.Config
 	Client    client.Client
@@ -89,6 +93,7 @@ func Setup(ctx context.Context, opts Options) (*Env, error) {
 		StateDir:     filepath.Join(cache, "cluster"),
 		Kubeconfig:   filepath.Join(cache, "cluster", "kubeconfig"),
 		ArtifactsDir: filepath.Join(root, "test", "e2e", "artifacts"),
+		KubectlPath:  filepath.Join(cache, "k8s-"+KubeVersion, "kubectl"),
 	}
 	if os.Getenv("TRELLIS_E2E_KEEP_CLUSTER") == "1" {
 		opts.KeepCluster = true

@@ -31,12 +31,12 @@ func (e *Env) RunInput(ctx context.Context, stdin, name string, args ...string) 
 
 // Kubectl runs the cluster's kubectl as cluster admin.
 func (e *Env) Kubectl(ctx context.Context, args ...string) (string, error) {
-	return e.Run(ctx, "kubectl", append([]string{"--kubeconfig", e.Kubeconfig}, args...)...)
+	return e.Run(ctx, e.KubectlPath, append([]string{"--kubeconfig", e.Kubeconfig}, args...)...)
 }
 
 // KubectlInput runs kubectl with stdin, e.g. KubectlInput(ctx, yaml, "apply", "-f", "-").
 func (e *Env) KubectlInput(ctx context.Context, stdin string, args ...string) (string, error) {
-	return e.RunInput(ctx, stdin, "kubectl", append([]string{"--kubeconfig", e.Kubeconfig}, args...)...)
+	return e.RunInput(ctx, stdin, e.KubectlPath, append([]string{"--kubeconfig", e.Kubeconfig}, args...)...)
 }
 
 // InNode runs a command on the node: in its network namespace, with the host's filesystem (nsenter --net).
