@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
+	"github.com/trellis-mesh/trellis/internal/meshns"
 	"github.com/trellis-mesh/trellis/internal/validation"
 )
 
@@ -183,10 +184,10 @@ func (r *MeshReconciler) selectNamespaces(ctx context.Context, s *meshScope) err
 	if err := r.Client.List(ctx, &meshes); err != nil {
 		return fmt.Errorf("listing meshes: %w", err)
 	}
-	owned, taken := namespaceClaims(m, meshes.Items, nsList.Items)
+	owned, taken := meshns.Claims(m, meshes.Items, nsList.Items)
 	s.namespaces = owned
-	if oldestMesh(meshes.Items) == m.Name {
-		s.unmeshed = unownedNamespaces(meshes.Items, nsList.Items)
+	if meshns.Oldest(meshes.Items) == m.Name {
+		s.unmeshed = meshns.Unowned(meshes.Items, nsList.Items)
 	}
 	m.Status.MeshedNamespaces = int32(len(owned))
 	if len(taken) > 0 && isAccepted(m) {

@@ -27,6 +27,7 @@ import (
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
 	"github.com/trellis-mesh/trellis/controllers"
+	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/render"
 )
 
@@ -119,6 +120,9 @@ func main() {
 			CertDir: webhookDir,
 			Log:     ctrl.Log.WithName("webhook"),
 		}
+		images := inject.Images{Proxy: proxyImage, ProxyInit: initImage}
+		injector := inject.NewWebhook(mgr.GetClient(), inject.ClientMeshLookup{Reader: mgr.GetClient()}, images, scheme)
+		runner.Server.Register(inject.WebhookPath, &webhook.Admission{Handler: injector})
 		utilruntime.Must(mgr.Add(runner))
 		reconciler.Injection = controllers.Injection{
 			Enabled:       true,
@@ -147,7 +151,7 @@ func main() {
 		utilruntime.Must(mgr.AddReadyzCheck("identity", identity.ReadyCheck))
 	}
 
-	log.Info("Starting the manager", "proxyImage", proxyImage, "proxyInitImage", initImage, "injection", injection)
+	log.Info("Starting the manager", "injection", injection)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		log.Error(err, "The manager stopped with an error")
 		os.Exit(1)

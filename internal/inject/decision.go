@@ -6,11 +6,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/trellis-mesh/trellis/internal/meshns"
 	"github.com/trellis-mesh/trellis/internal/wellknown"
 )
-
-// systemNamespaces are never meshed, whatever their labels say.
-var systemNamespaces = map[string]bool{"kube-system": true, "kube-public": true, "kube-node-lease": true}
 
 // ShouldInject decides whether a pod (or pod template) gets a proxy, and says why in a sentence. The rules, first
 // match wins:
@@ -27,7 +25,7 @@ func ShouldInject(ns *corev1.Namespace, podMeta *metav1.ObjectMeta, controlPlane
 	if ns != nil {
 		nsName, nsLabels = ns.Name, ns.Labels
 	}
-	if systemNamespaces[nsName] {
+	if meshns.System[nsName] {
 		return false, fmt.Sprintf("namespace %s is a system namespace, which is never meshed", nsName)
 	}
 	if nsName != "" && nsName == controlPlaneNamespace {

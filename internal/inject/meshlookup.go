@@ -5,12 +5,10 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
-	"github.com/trellis-mesh/trellis/internal/wellknown"
+	"github.com/trellis-mesh/trellis/internal/meshns"
 )
 
 // MeshLookup finds the Mesh a namespace belongs to.
@@ -44,39 +42,7 @@ func (l ClientMeshLookup) MeshForNamespace(ctx context.Context, namespace string
 	return OwningMesh(ns, meshes.Items), nil
 }
 
-// OwningMesh returns the Mesh among meshes that owns ns under ClientMeshLookup's rules, or nil.
+// OwningMesh returns the Mesh among meshes that owns ns (see package meshns), or nil.
 func OwningMesh(ns *corev1.Namespace, meshes []meshv1alpha1.Mesh) *meshv1alpha1.Mesh {
-	if systemNamespaces[ns.Name] || ns.Status.Phase == corev1.NamespaceTerminating {
-		return nil
-	}
-	var owner *meshv1alpha1.Mesh
-	for i := range meshes {
-		m := &meshes[i]
-		if !m.DeletionTimestamp.IsZero() || ns.Name == orDefault(m.Spec.ControlPlaneNamespace, DefaultControlPlaneNamespace) ||
-			!selects(m, ns) {
-			continue
-		}
-		if owner == nil || olderThan(m, owner) {
-			owner = m
-		}
-	}
-	return owner
-}
-
-// selects reports whether the Mesh's namespaceSelector matches ns; an unset selector is the API default,
-// trellis.io/inject=enabled, and an invalid one matches nothing.
-func selects(m *meshv1alpha1.Mesh, ns *corev1.Namespace) bool {
-	ls := m.Spec.NamespaceSelector
-	if ls == nil {
-		ls = &metav1.LabelSelector{MatchLabels: map[string]string{wellknown.LabelInject: wellknown.InjectEnabled}}
-	}
-	sel, err := metav1.LabelSelectorAsSelector(ls)
-	return err == nil && sel.Matches(labels.Set(ns.Labels))
-}
-
-func olderThan(a, b *meshv1alpha1.Mesh) bool {
-	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
-		return a.CreationTimestamp.Before(&b.CreationTimestamp)
-	}
-	return a.Name < b.Name
+	return meshns.Owner(ns, meshes)
 }
