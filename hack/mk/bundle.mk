@@ -13,7 +13,8 @@ BUNDLE_REPLACES ?=
 # Where the release images are published: the bundle names $(BUNDLE_IMAGE_REGISTRY)/<name>:$(BUNDLE_IMAGE_TAG).
 BUNDLE_IMAGE_REGISTRY ?= ghcr.io/trellis-mesh
 BUNDLE_IMAGE_TAG ?= v$(VERSION)
-# cert-manager versions Trellis works with (an olm.package dependency on the community catalog's "cert-manager").
+# cert-manager versions Trellis works with (an olm.package dependency on the community catalog's "cert-manager");
+# empty builds a bundle without the dependency (docs/olm.md).
 BUNDLE_CERT_MANAGER_VERSIONS ?= >=1.11.0 <2.0.0
 # Kubernetes version the removed-APIs validators check against.
 BUNDLE_K8S_VERSION ?= 1.34
@@ -29,7 +30,7 @@ BUNDLE_GEN_FLAGS = -manifests config/manifests -icon config/manifests/icon.svg \
   -image trellis.io/manager=$(BUNDLE_IMAGE_REGISTRY)/manager:$(BUNDLE_IMAGE_TAG) \
   -image trellis.io/proxy=$(BUNDLE_IMAGE_REGISTRY)/proxy:$(BUNDLE_IMAGE_TAG) \
   -image trellis.io/proxy-init=$(BUNDLE_IMAGE_REGISTRY)/proxy-init:$(BUNDLE_IMAGE_TAG) \
-  -requires 'cert-manager=$(BUNDLE_CERT_MANAGER_VERSIONS)' \
+  $(if $(BUNDLE_CERT_MANAGER_VERSIONS),-requires 'cert-manager=$(BUNDLE_CERT_MANAGER_VERSIONS)') \
   -scorecard-image $(SCORECARD_TEST_IMAGE)
 
 ##@ Bundle

@@ -54,8 +54,12 @@ func annotationsFile(opts Options) []byte {
 func dependenciesFile(opts Options) []byte {
 	var b bytes.Buffer
 	b.WriteString(Header)
-	b.WriteString("# OLM resolves these before it installs Trellis. cert-manager is the package of that name in the\n" +
-		"# community catalog (OperatorHub.io); it issues the mesh's identity chain and the injector's certificate.\n")
+	b.WriteString("# OLM resolves these before it installs Trellis.")
+	if _, ok := opts.Requires["cert-manager"]; ok {
+		b.WriteString(" cert-manager is the package of that name in the\n" +
+			"# community catalog (OperatorHub.io); it issues the mesh's identity chain and the injector's certificate.")
+	}
+	b.WriteString("\n")
 	if len(opts.Requires) == 0 {
 		b.WriteString("dependencies: []\n")
 		return b.Bytes()

@@ -59,6 +59,9 @@ func TestFixture(t *testing.T) {
 	if _, ok := b.Files["manifests/widgets.example.io.yaml"]; !ok {
 		t.Errorf("no CRD file among %v", b.Paths())
 	}
+	if deps := string(b.Files["metadata/dependencies.yaml"]); !strings.Contains(deps, "dependencies: []") {
+		t.Errorf("without Requires, dependencies.yaml should list none:\n%s", deps)
+	}
 	if len(b.Files) != 5 {
 		t.Errorf("files %v, want the CSV, the CRD, annotations, dependencies and the scorecard config", b.Paths())
 	}
