@@ -58,21 +58,9 @@ var dropped = map[schema.GroupKind]string{
 
 func classify(objs []*unstructured.Unstructured) (*input, error) {
 	in := &input{}
-	owned := map[schema.GroupVersionKind]bool{}
-	for _, o := range objs {
-		if o.GetKind() != "CustomResourceDefinition" {
-			continue
-		}
-		// Not strict: CRDs come from controller-gen, and a field newer than this module's API types is not a mistake.
-		crd := &apiextensionsv1.CustomResourceDefinition{}
-		if err := fromJSON(o.Object, crd, false); err != nil {
-			return nil, fmt.Errorf("CustomResourceDefinition %s: %w", o.GetName(), err)
-		}
-		in.crds = append(in.crds, o)
-		in.typedCRDs = append(in.typedCRDs, crd)
-		for _, v := range crd.Spec.Versions {
-			owned[schema.GroupVersionKind{Group: crd.Spec.Group, Version: v.Name, Kind: crd.Spec.Names.Kind}] = true
-		}
+	owned, err := in.addCRDs(objs)
+	if err != nil {
+		return nil, err
 	}
 	var errs []error
 	for _, o := range objs {
@@ -128,6 +116,27 @@ func classify(objs []*unstructured.Unstructured) (*input, error) {
 	}
 	sort.SliceStable(in.extra, func(i, j int) bool { return fileName(in.extra[i]) < fileName(in.extra[j]) })
 	return in, errors.Join(errs...)
+}
+
+// addCRDs records the CRDs and returns the kinds they define: objects of those kinds are samples.
+func (in *input) addCRDs(objs []*unstructured.Unstructured) (map[schema.GroupVersionKind]bool, error) {
+	owned := map[schema.GroupVersionKind]bool{}
+	for _, o := range objs {
+		if o.GetKind() != "CustomResourceDefinition" {
+			continue
+		}
+		// Not strict: CRDs come from controller-gen, and a field newer than this module's API types is not a mistake.
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		if err := fromJSON(o.Object, crd, false); err != nil {
+			return nil, fmt.Errorf("CustomResourceDefinition %s: %w", o.GetName(), err)
+		}
+		in.crds = append(in.crds, o)
+		in.typedCRDs = append(in.typedCRDs, crd)
+		for _, v := range crd.Spec.Versions {
+			owned[schema.GroupVersionKind{Group: crd.Spec.Group, Version: v.Name, Kind: crd.Spec.Names.Kind}] = true
+		}
+	}
+	return owned, nil
 }
 
 // decodeStrict decodes o into a typed object and fails on fields the type does not have, naming their paths: a

@@ -17,80 +17,78 @@ type grant struct {
 	Rules              []rbacv1.PolicyRule `json:"rules"`
 }
 
+// binding is a ClusterRoleBinding (cluster true) or a RoleBinding, reduced to what the CSV needs.
+type binding struct {
+	kind, name, namespace string
+	cluster               bool
+	roleRef               rbacv1.RoleRef
+	subjects              []rbacv1.Subject
+}
+
+// bindings lists the ClusterRoleBindings, then the RoleBindings, each sorted by role name so that the CSV's rules
+// come in a stable order.
+func (r *rbacObjects) bindings() []binding {
+	var out []binding
+	for _, b := range r.clusterRoleBindings {
+		out = append(out, binding{"ClusterRoleBinding", b.Name, "", true, b.RoleRef, b.Subjects})
+	}
+	for _, b := range r.roleBindings {
+		out = append(out, binding{"RoleBinding", b.Name, b.Namespace, false, b.RoleRef, b.Subjects})
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].cluster != out[j].cluster {
+			return out[i].cluster
+		}
+		return out[i].roleRef.Name < out[j].roleRef.Name
+	})
+	return out
+}
+
+// rules returns the rules of the role a binding refers to.
+func (r *rbacObjects) rules(b binding) ([]rbacv1.PolicyRule, error) {
+	switch {
+	case b.roleRef.Kind == "ClusterRole" && r.clusterRoles[b.roleRef.Name] != nil:
+		return r.clusterRoles[b.roleRef.Name].Rules, nil
+	case b.roleRef.Kind == "Role" && !b.cluster && r.roles[b.roleRef.Name] != nil:
+		return r.roles[b.roleRef.Name].Rules, nil
+	}
+	return nil, fmt.Errorf("%s %s: %s %s is not in the install", b.kind, b.name, b.roleRef.Kind, b.roleRef.Name)
+}
+
 // permissions folds the roles bound to the deployments' ServiceAccounts into the CSV's clusterPermissions (from
 // ClusterRoleBindings) and permissions (from RoleBindings), as operator-sdk does: OLM then creates the
 // ServiceAccounts, roles and bindings itself, in the namespace it installs into. Whatever is not bound to those
 // ServiceAccounts (a role for Prometheus to bind, say) is returned as extra objects for the bundle.
 func (r *rbacObjects) permissions(sas map[string]bool, ns string) (cluster, local []grant,
 	extra []*unstructured.Unstructured, err error) {
-	clusterRules := map[string][]rbacv1.PolicyRule{}
-	localRules := map[string][]rbacv1.PolicyRule{}
-	used := map[string]bool{} // kind/name of roles and bindings the CSV absorbs
+	granted := map[bool]map[string][]rbacv1.PolicyRule{true: {}, false: {}} // cluster-wide? -> SA -> rules
+	used := map[string]bool{}                                               // kind/name of objects the CSV absorbs
 	var errs []error
-
-	crbs := append([]*rbacv1.ClusterRoleBinding{}, r.clusterRoleBindings...)
-	sort.Slice(crbs, func(i, j int) bool { return crbs[i].RoleRef.Name < crbs[j].RoleRef.Name })
-	for _, b := range crbs {
-		bound, err := boundTo(b.Subjects, sas, ns)
+	for _, b := range r.bindings() {
+		bound, err := boundTo(b.subjects, sas, ns)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("ClusterRoleBinding %s: %w", b.Name, err))
+			errs = append(errs, fmt.Errorf("%s %s: %w", b.kind, b.name, err))
 		}
 		if len(bound) == 0 {
 			continue
 		}
-		role, ok := r.clusterRoles[b.RoleRef.Name]
-		if b.RoleRef.Kind != "ClusterRole" || !ok {
-			errs = append(errs, fmt.Errorf("ClusterRoleBinding %s: %s %s is not in the install", b.Name, b.RoleRef.Kind,
-				b.RoleRef.Name))
-			continue
-		}
-		for _, sa := range bound {
-			clusterRules[sa] = appendRules(clusterRules[sa], role.Rules)
-		}
-		used["ClusterRoleBinding/"+b.Name], used["ClusterRole/"+role.Name] = true, true
-	}
-
-	rbs := append([]*rbacv1.RoleBinding{}, r.roleBindings...)
-	sort.Slice(rbs, func(i, j int) bool { return rbs[i].RoleRef.Name < rbs[j].RoleRef.Name })
-	for _, b := range rbs {
-		bound, err := boundTo(b.Subjects, sas, ns)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("RoleBinding %s: %w", b.Name, err))
-		}
-		if len(bound) == 0 {
-			continue
-		}
-		if b.Namespace != ns {
+		if !b.cluster && b.namespace != ns {
 			errs = append(errs, fmt.Errorf("RoleBinding %s is in namespace %q: a CSV grants namespaced permissions "+
-				"only in the namespace the operator is installed in (%q)", b.Name, b.Namespace, ns))
+				"only in the namespace the operator is installed in (%q)", b.name, b.namespace, ns))
 			continue
 		}
-		var rules []rbacv1.PolicyRule
-		switch b.RoleRef.Kind {
-		case "Role":
-			role, ok := r.roles[b.RoleRef.Name]
-			if !ok {
-				errs = append(errs, fmt.Errorf("RoleBinding %s: Role %s is not in the install", b.Name, b.RoleRef.Name))
-				continue
-			}
-			rules = role.Rules
-		case "ClusterRole":
-			role, ok := r.clusterRoles[b.RoleRef.Name]
-			if !ok {
-				errs = append(errs, fmt.Errorf("RoleBinding %s: ClusterRole %s is not in the install", b.Name,
-					b.RoleRef.Name))
-				continue
-			}
-			rules = role.Rules
+		rules, err := r.rules(b)
+		if err != nil {
+			errs = append(errs, err)
+			continue
 		}
 		for _, sa := range bound {
-			localRules[sa] = appendRules(localRules[sa], rules)
+			granted[b.cluster][sa] = appendRules(granted[b.cluster][sa], rules)
 		}
-		used["RoleBinding/"+b.Name], used[b.RoleRef.Kind+"/"+b.RoleRef.Name] = true, true
+		used[b.kind+"/"+b.name], used[b.roleRef.Kind+"/"+b.roleRef.Name] = true, true
 	}
-
 	for sa := range sas {
-		if len(clusterRules[sa]) == 0 && len(localRules[sa]) == 0 {
+		if len(granted[true][sa]) == 0 && len(granted[false][sa]) == 0 {
 			errs = append(errs, fmt.Errorf("ServiceAccount %s is bound to no role: OLM creates a Deployment's "+
 				"ServiceAccount only for an entry in permissions or clusterPermissions", sa))
 		}
@@ -101,7 +99,7 @@ func (r *rbacObjects) permissions(sas map[string]bool, ns string) (cluster, loca
 			extra = append(extra, withoutNamespace(o))
 		}
 	}
-	return grants(clusterRules), grants(localRules), extra, errors.Join(errs...)
+	return grants(granted[true]), grants(granted[false]), extra, errors.Join(errs...)
 }
 
 // boundTo returns the subjects that are deployment ServiceAccounts. A binding that mixes them with other subjects
