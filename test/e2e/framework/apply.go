@@ -41,9 +41,10 @@ func DecodeYAML(data []byte) ([]*unstructured.Unstructured, error) {
 }
 
 // Apply server-side-applies objects in order with the suites' field owner, taking ownership of conflicting fields.
+// The objects are not changed (so a failed Apply can be retried with them).
 func (e *Env) Apply(ctx context.Context, objs ...*unstructured.Unstructured) error {
 	for _, o := range objs {
-		if err := e.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(o), client.FieldOwner(FieldOwner),
+		if err := e.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(o.DeepCopy()), client.FieldOwner(FieldOwner),
 			client.ForceOwnership); err != nil {
 			return fmt.Errorf("apply %s %s/%s: %w", o.GetKind(), o.GetNamespace(), o.GetName(), err)
 		}
