@@ -92,7 +92,7 @@ tools: $(CONTROLLER_GEN) $(GOLANGCI_LINT) $(KUSTOMIZE) ## Build the pinned devel
 ##@ Test
 
 .PHONY: test
-test: test-go test-proxy test-proxy-init test-e2e ## Run every test: unit + integration (real kube-apiserver/etcd), data plane with real peers, e2e on the local cluster.
+test: test-go test-proxy test-proxy-init test-bundle bundle-verify bundle-validate test-e2e ## Run every test: unit + integration (real kube-apiserver/etcd), data plane with real peers, e2e on the local cluster.
 
 # Packages test-go covers; the data plane (test-proxy) and e2e (test-e2e) have their own targets.
 GO_TEST_PKGS = $$($(GO) list ./... | grep -v -e /proxy -e /internal/proxyconfig -e /test/e2e -e /test/dataplane)
@@ -100,7 +100,7 @@ GO_TEST_PKGS = $$($(GO) list ./... | grep -v -e /proxy -e /internal/proxyconfig 
 GO_RACE_PKGS = ./internal/identity/... ./internal/spiffe/...
 
 .PHONY: test-go
-test-go: k8s-test-bins cert-manager-bins ## Unit and integration tests (a real kube-apiserver and etcd built from source).
+test-go: k8s-test-bins cert-manager-bins $(KUSTOMIZE) ## Unit and integration tests (a real kube-apiserver and etcd built from source).
 	KUBEBUILDER_ASSETS=$$(hack/k8s-bins.sh kube-apiserver etcd kubectl) $(GO) test -count=1 $(GOFLAGS_TEST) $(GO_TEST_PKGS)
 	KUBEBUILDER_ASSETS=$$(hack/k8s-bins.sh kube-apiserver etcd kubectl) $(GO) test -count=1 -race $(GOFLAGS_TEST) $(GO_RACE_PKGS)
 
