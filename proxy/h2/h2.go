@@ -163,6 +163,9 @@ func NewServer(o Options) *Server {
 			DisableCompression: true,
 			IdleConnTimeout:    o.IdleTimeout,
 			HTTP2:              pings,
+			// For HTTP/2 this bounds dials in progress, not connections: requests arriving together wait for one
+			// handshake instead of each making its own (net/http would keep one connection and discard the rest).
+			MaxConnsPerHost: 1,
 		}
 		s.hosts = map[meshDest]string{}
 	}

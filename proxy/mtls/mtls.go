@@ -104,7 +104,8 @@ type MeshOptions struct {
 // workload's certificate, and the handshake fails unless the server presents exactly that SPIFFE ID, chained to the
 // current trust roots. Connect negotiates ProtocolTransport; ConnectTLS any mesh protocol. Client configurations are
 // built once per (identity, protocol) and keep a session ticket cache, so reconnecting to a server resumes its
-// session (the identity checks run on resumed handshakes too).
+// session (the identity checks run on resumed handshakes too) unless a certificate of that session expires within
+// the handshake timeout.
 type Mesh struct {
 	o MeshOptions
 
@@ -193,6 +194,7 @@ func (m *Mesh) config(identity, protocol string) (*tls.Config, error) {
 	}
 	cfg = idmtls.ClientConfig(m.o.Credentials, id, protos...)
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(m.o.SessionCacheSize)
+	cfg.Time = resumptionClock(m.o.HandshakeTimeout)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if c := m.configs[k]; c != nil {
@@ -303,7 +305,18 @@ func NewServer(o ServerOptions) *Server {
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	return &Server{cfg: idmtls.ServerConfig(o.Credentials), timeout: o.HandshakeTimeout, observe: o.Observe}
+	cfg := idmtls.ServerConfig(o.Credentials)
+	cfg.Time = resumptionClock(o.HandshakeTimeout)
+	return &Server{cfg: cfg, timeout: o.HandshakeTimeout, observe: o.Observe}
+}
+
+// resumptionClock is the TLS stack's clock: it runs ahead by the handshake timeout. The stack reads it only to decide
+// whether a session may be resumed (its peer certificate must not have expired) and to age tickets; peer chains are
+// verified against the real time by internal/identity/mtls. Running ahead makes the stack decline sessions whose
+// peer certificate expires before a handshake started now must end, so a resumed handshake never fails verification
+// because the certificate expired meanwhile; such sessions get a full handshake with current certificates instead.
+func resumptionClock(ahead time.Duration) func() time.Time {
+	return func() time.Time { return time.Now().Add(ahead) }
 }
 
 // Terminate completes the server handshake on conn and returns the TLS connection with the client's identity.

@@ -70,6 +70,8 @@ func helper(mode, arg string) int {
 				_, _ = io.Copy(c, c) // echo until the client half-closes, then close
 			}()
 		}
+	case "identity-server": // arg: directory written by writePKI
+		return identityHelper(arg, meshPodB+":"+identityPort)
 	case "tcp-client": // arg: addr; sends stdin, half-closes, prints the reply
 		c, err := net.DialTimeout("tcp", arg, 5*time.Second)
 		if err != nil {
@@ -125,9 +127,15 @@ func (e *env) run(args ...string) string {
 // start runs a long-lived process in a namespace and stops it at cleanup; the channel closes when it exits.
 func (e *env) start(ns string, stdout io.Writer, args ...string) (*exec.Cmd, <-chan struct{}) {
 	e.t.Helper()
+	return e.startEnv(ns, stdout, nil, args...)
+}
+
+// startEnv is start with extra environment variables.
+func (e *env) startEnv(ns string, stdout io.Writer, extraEnv []string, args ...string) (*exec.Cmd, <-chan struct{}) {
+	e.t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
 	cmd.Stdout, cmd.Stderr = stdout, stdout
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), extraEnv...)
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
