@@ -2,8 +2,8 @@
 # Builds container images without a registry and loads them into the test ground's containerd.
 #
 #   images.sh infra     pause, CoreDNS and cert-manager images -> $TRELLIS_CACHE/images (kept; built when missing)
-#   images.sh project   every cmd/<name> main and test/apps/<name> -> trellis.io/<name>:dev in .tmp/images,
-#                       then loads them into the cluster if it runs
+#   images.sh project   every cmd/<name> main and test/apps/<name> -> trellis.io/<name>:dev in .tmp/images
+#                       (<name>.tar and <name>.digest), then loads them into the cluster if it runs
 #   images.sh load      imports every image tarball (infra and project) into the running cluster
 . "$(dirname "$0")/lib.sh"
 
@@ -12,26 +12,26 @@ GOBUILD=(env CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -ldflags "
 imgbuild() {
   [ -x "$ROOT/bin/imgbuild" ] && [ -z "$(find "$ROOT/hack/tools/imgbuild" -newer "$ROOT/bin/imgbuild" -name '*.go')" ] ||
     (cd "$ROOT/hack/tools/imgbuild" && go build -o "$ROOT/bin/imgbuild" .)
-  "$ROOT/bin/imgbuild" "$@" >/dev/null
+  "$ROOT/bin/imgbuild" "$@" # prints: <reference> <digest> <tarball>
 }
 
 infra() {
   mkdir -p "$IMAGES/bin"
   if [ ! -f "$IMAGES/pause.tar" ]; then
     "${GOBUILD[@]}" -o "$IMAGES/bin/pause" "$ROOT/hack/cluster/pause"
-    imgbuild -t "$PAUSE_IMAGE" -o "$IMAGES/pause.tar" -entrypoint /pause -user 65535:65535 /pause="$IMAGES/bin/pause"
+    imgbuild >/dev/null -t "$PAUSE_IMAGE" -o "$IMAGES/pause.tar" -entrypoint /pause -user 65535:65535 /pause="$IMAGES/bin/pause"
     log "images: built $PAUSE_IMAGE"
   fi
   local f=$IMAGES/coredns-$COREDNS_VERSION.tar
   if [ ! -f "$f" ]; then
-    imgbuild -t "$COREDNS_IMAGE" -o "$f" -entrypoint /coredns /coredns="$KBIN/coredns"
+    imgbuild >/dev/null -t "$COREDNS_IMAGE" -o "$f" -entrypoint /coredns /coredns="$KBIN/coredns"
     log "images: built $COREDNS_IMAGE"
   fi
   local c
   for c in controller webhook cainjector; do
     f=$IMAGES/cert-manager-$c-$CERT_MANAGER_VERSION.tar
     [ -f "$f" ] && continue
-    imgbuild -t "$IMAGE_REPO/cert-manager-$c:$CERT_MANAGER_VERSION" -o "$f" -entrypoint "/$c" -user 65532:65532 \
+    imgbuild >/dev/null -t "$IMAGE_REPO/cert-manager-$c:$CERT_MANAGER_VERSION" -o "$f" -entrypoint "/$c" -user 65532:65532 \
       "/$c=$CMBIN/$c"
     log "images: built $IMAGE_REPO/cert-manager-$c:$CERT_MANAGER_VERSION"
   done
@@ -70,7 +70,8 @@ project() {
       proxy-init) mapfile -t -O 1 files < <(iptables_files) ;; # runs as root with NET_ADMIN
       *) args+=(-user 65532:65532) ;;
     esac
-    imgbuild "${args[@]}" "${files[@]}"
+    # the digest lets the e2e suites roll Deployments whose image changed under the same tag
+    imgbuild "${args[@]}" "${files[@]}" | awk '{print $2}' >"$PROJECT_IMAGES/$n.digest"
     log "images: built $IMAGE_REPO/$n:dev"
   done
 }

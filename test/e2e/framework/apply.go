@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -122,6 +123,9 @@ func (e *Env) InstallTrellis(ctx context.Context) (*Install, error) {
 	in := &Install{Objects: objs}
 	var crds, rest []*unstructured.Unstructured
 	for _, o := range objs {
+		if err := e.stampImageDigests(o); err != nil {
+			return nil, err
+		}
 		switch o.GetKind() {
 		case "CustomResourceDefinition":
 			crds = append(crds, o)
@@ -164,4 +168,34 @@ func (e *Env) InstallTrellis(ctx context.Context) (*Install, error) {
 	}
 	logf("installed Trellis: %d objects; manager Deployment %s/%s", len(objs), in.Namespace, in.Deployment)
 	return in, nil
+}
+
+// ImagesAnnotation on a pod template holds the digests of the locally built images its containers run, so that
+// installing again after `make images` changed an image rolls the workload although the tag stays :dev.
+const ImagesAnnotation = "e2e.trellis.io/image-digests"
+
+func (e *Env) stampImageDigests(o *unstructured.Unstructured) error {
+	containers, found, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+	if !found {
+		return nil
+	}
+	var digests []string
+	for _, c := range containers {
+		img, _, _ := unstructured.NestedString(c.(map[string]any), "image")
+		name, ok := strings.CutPrefix(img, ImageRepo+"/")
+		if !ok {
+			continue
+		}
+		name, _, _ = strings.Cut(name, ":")
+		b, err := os.ReadFile(filepath.Join(e.Root, ".tmp", "images", name+".digest"))
+		if err != nil {
+			continue // not built by make images (e.g. an infrastructure image)
+		}
+		digests = append(digests, name+"@"+strings.TrimSpace(string(b)))
+	}
+	if len(digests) == 0 {
+		return nil
+	}
+	return unstructured.SetNestedField(o.Object, strings.Join(digests, ","),
+		"spec", "template", "metadata", "annotations", ImagesAnnotation)
 }
