@@ -20,6 +20,7 @@ Installed on the PATH as kubectl-trellis, the same binary is a kubectl plugin: "
 		SilenceErrors: false,
 	}
 	root.AddCommand(
+		newCheckCommand(),
 		newInjectCommand(),
 		newVersionCommand(),
 	)
