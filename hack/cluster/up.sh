@@ -4,6 +4,7 @@
 # The admin kubeconfig is written to $KUBECONFIG_PATH.
 . "$(dirname "$0")/lib.sh"
 need_root
+trap 'log "cluster-up failed: component logs are in $LOGS; make cluster-down removes what was started"' ERR
 
 healthy() {
   local d
@@ -29,7 +30,6 @@ for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   log "packages: installing ${missing[*]}"
   apt-get update -q >/dev/null
-  # policy-rc.d answer 101 = do not start services: the cluster starts what it needs itself
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   # where an init system started the packaged services, stop them: the cluster runs its own
   [ ! -x /etc/init.d/containerd ] || ! /etc/init.d/containerd status >/dev/null 2>&1 ||
@@ -37,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # 2. binaries and infrastructure images (cached outside the clone; only the first run builds them)
-log "binaries: Kubernetes $KUBE_VERSION, etcd, CoreDNS in $KBIN (cold build ~25 min on 2 cores)"
+log "binaries: Kubernetes $KUBE_VERSION, etcd, CoreDNS, cert-manager, Prometheus (first build ~22 min on 2 cores)"
 "$ROOT/hack/k8s-bins.sh" all >/dev/null
 mkdir -p "$ROOT/bin" && ln -sf "$KBIN/kubectl" "$ROOT/bin/kubectl" # make puts bin/ on PATH
 "$HACK/cert-manager.sh" build
