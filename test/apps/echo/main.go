@@ -90,11 +90,15 @@ func get(args []string) int {
 		}
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if err == nil && resp.StatusCode/100 == 2 {
+		switch {
+		case err != nil:
+			last = fmt.Errorf("status %s: reading the body: %w", resp.Status, err)
+		case resp.StatusCode/100 != 2:
+			last = fmt.Errorf("status %s", resp.Status)
+		default:
 			os.Stdout.Write(body)
 			return 0
 		}
-		last = fmt.Errorf("status %s, read error %v", resp.Status, err)
 	}
 	fmt.Fprintln(os.Stderr, "echo get:", last)
 	return 1
