@@ -13,8 +13,9 @@ INTEROP_SERVER := $(BIN)/interop-server
 PROXY_TEST_PKGS := ./proxy/... ./internal/proxyconfig/... ./test/dataplane/...
 PROXY_TEST_TIMEOUT ?= 20m
 PROXY_TEST_FLAGS ?=
-# Commands the proxy's tests and benchmark need, and the Debian packages that provide them.
-PROXY_APT_COMMANDS := curl:curl haproxy:haproxy ip:iproute2 iptables:iptables ip6tables:iptables setpriv:util-linux taskset:util-linux
+# Commands the proxy's tests and benchmark need, and the Debian packages that provide them (tshark checks mesh TLS on
+# the wire in test/dataplane).
+PROXY_APT_COMMANDS := curl:curl haproxy:haproxy ip:iproute2 iptables:iptables ip6tables:iptables setpriv:util-linux taskset:util-linux tshark:tshark
 BENCH_ROUNDS ?= 3
 BENCH_DURATION ?= 10s
 FUZZ_TIME ?= 30s
@@ -35,7 +36,7 @@ $(INTEROP_CLIENT) $(INTEROP_SERVER):
 	  mkdir -p $(BIN) && mv $$tmp/client $(INTEROP_CLIENT) && mv $$tmp/server $(INTEROP_SERVER) && rm -rf $$tmp
 
 .PHONY: proxy-apt
-proxy-apt: ## Install the Debian packages the proxy's tests need (curl, haproxy, iproute2, iptables, util-linux) if missing.
+proxy-apt: ## Install the Debian packages the proxy's tests need (curl, haproxy, iproute2, iptables, util-linux, tshark) if missing.
 	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; for pair in $(PROXY_APT_COMMANDS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg";; esac; \
@@ -51,7 +52,7 @@ proxy-apt: ## Install the Debian packages the proxy's tests need (curl, haproxy,
 proxy-peers: proxy-apt $(FORTIO) $(H2SPEC) $(INTEROP_CLIENT) $(INTEROP_SERVER) ## Install the proxy's real test peers: apt packages and pinned Go tools in bin/.
 
 .PHONY: test-proxy
-test-proxy: proxy-peers ## Test the proxy with the race detector and real peers: curl, grpc-go interop, h2spec, netns interception (root).
+test-proxy: proxy-peers ## Test the proxy with the race detector and real peers: curl, grpc-go interop, h2spec, mesh TLS and rotation, netns interception (root).
 	PATH=$(BIN):$$PATH:/usr/sbin:/sbin $(GO) test -race -count=1 -timeout $(PROXY_TEST_TIMEOUT) $(PROXY_TEST_FLAGS) $(PROXY_TEST_PKGS)
 
 .PHONY: bench-proxy
@@ -71,3 +72,4 @@ fuzz-proxy: ## Run each proxy fuzz target for FUZZ_TIME (default 30s).
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_TIME) ./internal/proxyconfig/
 	$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZ_TIME) ./proxy/detect/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadHead$$' -fuzztime $(FUZZ_TIME) ./proxy/h1/
+	$(GO) test -run '^$$' -fuzz '^FuzzIsMeshHello$$' -fuzztime $(FUZZ_TIME) ./proxy/mtls/

@@ -204,7 +204,7 @@ func writeField(bw *bufio.Writer, k, v string) {
 }
 
 // copyMeshBody relays an HTTP/2 response body, as chunks when chunked, flushing after every read so that streamed
-// responses flow at once.
+// responses flow at once (except the read that ends the body: the caller's final flush sends it).
 func (c *conn) copyMeshBody(body io.Reader, chunked bool) error {
 	bp := meshBuffers.Get().(*[]byte)
 	defer meshBuffers.Put(bp)
@@ -220,8 +220,10 @@ func (c *conn) copyMeshBody(body io.Reader, chunked bool) error {
 			if chunked {
 				c.bw.WriteString("\r\n") //nolint:errcheck // checked by Flush
 			}
-			if ferr := c.bw.Flush(); ferr != nil {
-				return ferr
+			if err == nil {
+				if ferr := c.bw.Flush(); ferr != nil {
+					return ferr
+				}
 			}
 		}
 		if errors.Is(err, io.EOF) {

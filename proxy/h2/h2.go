@@ -410,6 +410,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for k, v := range resp.Header {
 		hdr[k] = v
 	}
+	// Announce the trailers the upstream declared (net/http moves them from the Trailer field to resp.Trailer's
+	// keys): the response then never gets a computed Content-Length, and the next hop knows trailers follow.
+	for k := range resp.Trailer {
+		hdr.Add("Trailer", k)
+	}
 	w.WriteHeader(resp.StatusCode)
 	err = h.copyBody(w, resp.Body)
 	for k, v := range resp.Trailer {
@@ -437,7 +442,8 @@ func failed(resp *http.Response) bool {
 	return st != "" && st != "0"
 }
 
-// copyBody streams body to w, flushing after every read so streaming RPCs see each message at once.
+// copyBody streams body to w, flushing after every read so streaming RPCs see each message at once. A read that ends
+// the body is not flushed: the end of the stream follows in the same write.
 func (h *handler) copyBody(w http.ResponseWriter, body io.Reader) error {
 	bp := h.s.bufs.Get().(*[]byte)
 	defer h.s.bufs.Put(bp)
@@ -449,7 +455,7 @@ func (h *handler) copyBody(w http.ResponseWriter, body io.Reader) error {
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}
-			if fl != nil {
+			if fl != nil && err == nil {
 				fl.Flush()
 			}
 		}
