@@ -4,6 +4,7 @@
 # deletes the cluster's data. Keeps the PKI and the cached binaries and images. Safe to run when nothing runs.
 . "$(dirname "$0")/lib.sh"
 need_root
+lock
 
 # stop <name...>: SIGTERM to all, SIGKILL to those still running after 10 s
 stop() {

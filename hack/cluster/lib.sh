@@ -84,7 +84,7 @@ running() { pid_of "$1" >/dev/null; }
 # start <name> <command...>: starts a daemon in its own session inside the node's network namespace.
 start() {
   local n=$1; shift
-  setsid "${IN_NODE[@]}" "$@" >"$LOGS/$n.log" 2>&1 </dev/null &
+  setsid "${IN_NODE[@]}" "$@" >"$LOGS/$n.log" 2>&1 </dev/null 9>&- & # 9: the lock must not outlive the script
   echo $! >"$RUN/$n.pid"
 }
 
@@ -95,4 +95,16 @@ render() {
     args+=(-e "s|@$v@|${!v}|g")
   done
   sed "${args[@]}" "$1" >"$2"
+}
+
+# lock serializes cluster-up and cluster-down across shells and clones (down.sh called by up.sh inherits it).
+lock() {
+  [ -z "${TRELLIS_CLUSTER_LOCKED:-}" ] || return 0
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/cluster.lock"
+  flock -n 9 || {
+    log "waiting for another cluster-up or cluster-down to finish"
+    flock -w 900 9 || die "$CACHE/cluster.lock is still held after 15 min"
+  }
+  export TRELLIS_CLUSTER_LOCKED=1
 }

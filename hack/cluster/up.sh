@@ -4,6 +4,7 @@
 # The admin kubeconfig is written to $KUBECONFIG_PATH.
 . "$(dirname "$0")/lib.sh"
 need_root
+lock
 trap 'log "cluster-up failed: component logs are in $LOGS; make cluster-down removes what was started"' ERR
 
 healthy() {
