@@ -315,8 +315,8 @@ func putReader(br *bufio.Reader) {
 // aside, by the one goroutine that detects.
 type countedConn struct {
 	net.Conn
-	m               *metrics.TCP
-	pendingR, pendW int
+	m                         *metrics.TCP
+	pendingRead, pendingWrite int
 }
 
 // setClass opens the connection in m's series, with the bytes moved so far. It is called once, before the
@@ -327,11 +327,11 @@ func (c *countedConn) setClass(m *metrics.TCP) {
 	}
 	c.m = m
 	m.Open()
-	if c.pendingR > 0 {
-		m.Read.Add(float64(c.pendingR))
+	if c.pendingRead > 0 {
+		m.Read.Add(float64(c.pendingRead))
 	}
-	if c.pendW > 0 {
-		m.Write.Add(float64(c.pendW))
+	if c.pendingWrite > 0 {
+		m.Write.Add(float64(c.pendingWrite))
 	}
 }
 
@@ -346,7 +346,7 @@ func (c *countedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
 		if c.m == nil {
-			c.pendingR += n
+			c.pendingRead += n
 		} else {
 			c.m.Read.Add(float64(n))
 		}
@@ -359,7 +359,7 @@ func (c *countedConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if n > 0 {
 		if c.m == nil {
-			c.pendW += n
+			c.pendingWrite += n
 		} else {
 			c.m.Write.Add(float64(n))
 		}
