@@ -129,6 +129,10 @@ type Backend struct {
 	Weight *int32 `json:"weight,omitempty"`
 	// Endpoints are the backend's ready endpoints. Default empty: requests to this backend fail with 503.
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// Unresolved, when set, says why the backend does not exist (e.g. a TrafficSplit names a missing Service):
+	// requests sent to it fail with 500 and a trellis-proxy-error header carrying this text, instead of 503.
+	// Default empty.
+	Unresolved string `json:"unresolved,omitempty"`
 }
 
 // Endpoint is one pod address behind a backend.
@@ -155,6 +159,28 @@ type Route struct {
 	Timeout *Duration `json:"timeout,omitempty"`
 	// Retry makes failed requests of this route retryable within the retry budget. Default: no retries.
 	Retry *RetryPolicy `json:"retry,omitempty"`
+	// RequestHeaders changes the request's headers before it is forwarded. Default: none.
+	RequestHeaders *HeaderModifier `json:"requestHeaders,omitempty"`
+	// ResponseHeaders changes the response's headers before it is returned. Default: none.
+	ResponseHeaders *HeaderModifier `json:"responseHeaders,omitempty"`
+}
+
+// HeaderModifier changes HTTP headers, in the order Remove, Set, Add (the Gateway API's semantics).
+type HeaderModifier struct {
+	// Set replaces each named header's values with the given value. Default empty.
+	Set []HeaderValue `json:"set,omitempty"`
+	// Add appends a value to each named header. Default empty.
+	Add []HeaderValue `json:"add,omitempty"`
+	// Remove deletes the named headers. Default empty.
+	Remove []string `json:"remove,omitempty"`
+}
+
+// HeaderValue is a header name and value.
+type HeaderValue struct {
+	// Name is the header name, case-insensitive. Required.
+	Name string `json:"name"`
+	// Value is the header value. Required (may be empty).
+	Value string `json:"value"`
 }
 
 // BackendRef weights one of a service's backends for a route.

@@ -181,6 +181,30 @@ func validateRoutes(s *Service, p *field.Path) field.ErrorList {
 		if r.Retry != nil {
 			errs = append(errs, validateRetry(r.Retry, rp.Child("retry"))...)
 		}
+		errs = append(errs, validateHeaderModifier(r.RequestHeaders, rp.Child("requestHeaders"))...)
+		errs = append(errs, validateHeaderModifier(r.ResponseHeaders, rp.Child("responseHeaders"))...)
+	}
+	return errs
+}
+
+func validateHeaderModifier(m *HeaderModifier, p *field.Path) field.ErrorList {
+	if m == nil {
+		return nil
+	}
+	var errs field.ErrorList
+	check := func(name string, fp *field.Path) {
+		if !isToken(name) {
+			errs = append(errs, field.Invalid(fp, name, "must be an HTTP header name"))
+		}
+	}
+	for i, h := range m.Set {
+		check(h.Name, p.Child("set").Index(i).Child("name"))
+	}
+	for i, h := range m.Add {
+		check(h.Name, p.Child("add").Index(i).Child("name"))
+	}
+	for i, name := range m.Remove {
+		check(name, p.Child("remove").Index(i))
 	}
 	return errs
 }

@@ -246,6 +246,7 @@ func backendsFor(idx *endpointIndex, svc *corev1.Service, port corev1.ServicePor
 	}
 	for _, b := range split.Spec.Backends {
 		leg := proxyconfig.Backend{Name: b.Service, Namespace: svc.Namespace, Endpoints: idx.endpoints(svc.Namespace, b.Service, port.Port, trustDomain)}
+		leg.Unresolved = idx.unresolved(svc.Namespace, b.Service, port.Port, split.Name)
 		leg.Weight = ptr.To(b.Weight)
 		if len(split.Spec.Matches) > 0 {
 			leg.Weight = ptr.To(int32(0))
@@ -365,6 +366,20 @@ func newEndpointIndex(s *ProxySnapshot) *endpointIndex {
 		sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
 	}
 	return idx
+}
+
+// unresolved says why a TrafficSplit backend cannot serve a port ("" when it can).
+func (idx *endpointIndex) unresolved(ns, name string, port int32, split string) string {
+	svc := idx.svcs[types.NamespacedName{Namespace: ns, Name: name}]
+	if svc == nil {
+		return fmt.Sprintf("TrafficSplit %s/%s: backend Service %s not found", ns, split, name)
+	}
+	for _, p := range svc.Spec.Ports {
+		if p.Port == port {
+			return ""
+		}
+	}
+	return fmt.Sprintf("TrafficSplit %s/%s: backend Service %s has no port %d", ns, split, name, port)
 }
 
 // endpoints returns the ready endpoints of Service ns/name for its port servicePort, in the Service's primary IP

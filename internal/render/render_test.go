@@ -259,7 +259,7 @@ func TestProxyConfigGolden(t *testing.T) {
 		Splits: []meshv1alpha1.TrafficSplit{{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "canary"},
 			Spec: meshv1alpha1.TrafficSplitSpec{Service: "web",
-				Backends: []meshv1alpha1.TrafficSplitBackend{{Service: "web-v1", Weight: 90}, {Service: "web-v2", Weight: 10}},
+				Backends: []meshv1alpha1.TrafficSplitBackend{{Service: "web-v1", Weight: 90}, {Service: "web-v2", Weight: 10}, {Service: "web-v3", Weight: 0}},
 				Matches:  []meshv1alpha1.HTTPMatch{{Headers: []meshv1alpha1.HeaderMatch{{Name: "x-canary", Value: "1"}}}}},
 		}},
 	}
