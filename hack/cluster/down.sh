@@ -40,10 +40,9 @@ stop etcd containerd
 for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $RUN/containerd/containerd.sock" || true); do
   kill -9 "$p" 2>/dev/null || true
 done
-# container processes left by killed shims (their cgroups are below kubepods)
-find /sys/fs/cgroup/*/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | while read -r p; do
-  kill -9 "$p" 2>/dev/null || true
-done
+# container processes left by killed shims (their cgroups are below the node's cgroup root)
+{ find /sys/fs/cgroup/"$NODE" /sys/fs/cgroup/*/"$NODE" -name cgroup.procs -exec cat {} + 2>/dev/null || true; } |
+  sort -u | while read -r p; do kill -9 "$p" 2>/dev/null || true; done
 
 # mounts below the cluster's folders and the fixed paths kubelet and containerd use (deepest first)
 umount_below() {
@@ -55,17 +54,16 @@ umount_below() {
 umount_below "$STATE/"
 umount_below /run/containerd/io.containerd
 umount_below /var/lib/kubelet/pods/
-umount_below "/run/netns/cni-"
-umount_below "/var/run/netns/cni-"
-
-# network: pod namespaces made by the CNI plugin for this cluster, then the node namespace (its veth goes with it)
-for n in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns del "$n" 2>/dev/null || true; done
+# network: the pods' namespaces (those containerd made while the cluster ran), then the node's (its veth goes too)
+for n in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do
+  grep -qx "$n" "$RUN/cni-netns.before" 2>/dev/null || ip netns del "$n" 2>/dev/null || true
+done
 if [ -e "/var/run/netns/$NETNS" ]; then ip netns del "$NETNS"; log "removed netns $NETNS"; fi
 ip link del "$HOST_IF" 2>/dev/null || true # normally gone with the namespace; the routes through it go too
 
 # cgroups that kubelet and runc made
-for h in /sys/fs/cgroup/*/; do
-  [ -d "$h/kubepods" ] && find "$h/kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+for h in /sys/fs/cgroup/ /sys/fs/cgroup/*/; do
+  [ -d "$h$NODE" ] && find "$h$NODE" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 done
 
 # host sysctls kubelet changed

@@ -57,6 +57,7 @@ cp "$HACK/config/resolv.conf" "$CFG/resolv.conf"
 
 # 4. host state the cluster changes: remember it so down.sh restores it exactly
 [ -f "$RUN/sysctl.orig" ] || sysctl -e "${HOST_SYSCTLS[@]}" >"$RUN/sysctl.orig"
+[ -f "$RUN/cni-netns.before" ] || ip netns list | awk '/^cni-/ {print $1}' >"$RUN/cni-netns.before"
 if [ ! -f "$RUN/host-paths.created" ]; then
   for p in "${HOST_PATHS[@]}"; do [ -e "$p" ] || echo "$p"; done >"$RUN/host-paths.created"
 fi
@@ -124,7 +125,16 @@ start kube-scheduler kube-scheduler \
   --authentication-kubeconfig="$CFG/scheduler.kubeconfig" --authorization-kubeconfig="$CFG/scheduler.kubeconfig" \
   --bind-address=127.0.0.1 --leader-elect=false --profiling=false
 
-# 8. node
+# 8. node: kubelet's cgroup root /$NODE must exist in every hierarchy (cgroup v1; a single one on v2)
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  mkdir -p "/sys/fs/cgroup/$NODE"
+else
+  for h in /sys/fs/cgroup/*/; do [ -f "${h}cgroup.procs" ] && mkdir -p "$h$NODE"; done
+  if [ -d "/sys/fs/cgroup/cpuset/$NODE" ]; then # a new v1 cpuset starts with no CPUs and no memory nodes
+    cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset/$NODE/cpuset.cpus"
+    cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/$NODE/cpuset.mems"
+  fi
+fi
 start kubelet kubelet --config="$CFG/kubelet.yaml" --kubeconfig="$CFG/kubelet.kubeconfig" \
   --root-dir="$DATA/kubelet" --hostname-override="$NODE" --node-ip="$NODE_IP" --v=1
 start kube-proxy kube-proxy --config="$CFG/kube-proxy.yaml"

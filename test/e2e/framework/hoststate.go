@@ -25,7 +25,7 @@ var hostSysctls = []string{"vm.overcommit_memory", "vm.panic_on_oom", "kernel.pa
 // stateDir, so that other work on the machine does not count: namespaces, links, routes and iptables rules that
 // name the cluster's interfaces, addresses or chains; mounts below stateDir and the fixed kubelet, containerd and
 // netns paths; processes whose command line names stateDir (the daemons, containerd's shims) or that run in a
-// pod's cgroup.
+// pod's cgroup (below the node's cgroup root, /<NodeName>).
 func CaptureHostState(ctx context.Context, stateDir string) (*HostState, error) {
 	var s HostState
 	var err error
@@ -65,7 +65,7 @@ func CaptureHostState(ctx context.Context, stateDir string) (*HostState, error) 
 			s.Mounts = append(s.Mounts, f[1])
 		}
 	}
-	s.Cgroups, _ = filepath.Glob("/sys/fs/cgroup/*/kubepods")
+	s.Cgroups, _ = filepath.Glob("/sys/fs/cgroup/*/" + NodeName)
 	s.Processes = clusterProcesses(stateDir)
 	return &s, err
 }
@@ -135,7 +135,7 @@ func clusterProcesses(stateDir string) []string {
 		}
 		cmd := strings.ReplaceAll(strings.TrimRight(string(cmdline), "\x00"), "\x00", " ")
 		cg, _ := os.ReadFile(filepath.Join("/proc", d.Name(), "cgroup"))
-		if strings.Contains(cmd, stateDir+"/") || strings.Contains(string(cg), "/kubepods") {
+		if strings.Contains(cmd, stateDir+"/") || strings.Contains(string(cg), "/"+NodeName+"/") {
 			out = append(out, d.Name()+" "+cmd)
 		}
 	}
