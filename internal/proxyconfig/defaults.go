@@ -16,11 +16,17 @@ const (
 	DefaultConsecutiveFailures = int32(7)
 	DefaultMinBackoff          = time.Second
 	DefaultMaxBackoff          = time.Minute
-	DefaultLoadBalancer        = LoadBalancerRoundRobin
+	DefaultLoadBalancer        = LoadBalancerEWMA
 	DefaultWeight              = int32(1)
 	DefaultRetryAttempts       = int32(1)
+	DefaultRetryBackoffBase    = 25 * time.Millisecond
+	DefaultRetryBackoffMax     = 250 * time.Millisecond
+	DefaultRetryMaxBodyBytes   = int32(64 << 10)
 	DefaultPolicy              = PolicyAllUnauthenticated
 )
+
+// MaxRetryBodyBytes is the largest RetryPolicy.MaxBodyBytes accepted.
+const MaxRetryBodyBytes = 1 << 20
 
 // SetDefaults fills every unset field that has a default, in place. It is the only place defaults are applied; it is
 // idempotent and leaves set fields alone.
@@ -52,7 +58,7 @@ func SetDefaults(c *Config) {
 		}
 	}
 	for i := range c.Services {
-		defaultService(&c.Services[i])
+		defaultService(&c.Services[i], c.Defaults.FailureAccrual)
 	}
 }
 
@@ -96,7 +102,18 @@ func defaultDefaults(d *Defaults) {
 	}
 }
 
-func defaultService(s *Service) {
+func defaultService(s *Service, accrual *FailureAccrual) {
+	if f := s.FailureAccrual; f != nil && accrual != nil {
+		if f.ConsecutiveFailures == nil && accrual.ConsecutiveFailures != nil {
+			setInt32(&f.ConsecutiveFailures, *accrual.ConsecutiveFailures)
+		}
+		if f.MinBackoff == nil && accrual.MinBackoff != nil {
+			setDuration(&f.MinBackoff, accrual.MinBackoff.Duration)
+		}
+		if f.MaxBackoff == nil && accrual.MaxBackoff != nil {
+			setDuration(&f.MaxBackoff, accrual.MaxBackoff.Duration)
+		}
+	}
 	for i := range s.Backends {
 		b := &s.Backends[i]
 		if b.Namespace == "" {
@@ -117,6 +134,12 @@ func defaultService(s *Service) {
 			if len(r.Retry.RetryOn) == 0 {
 				r.Retry.RetryOn = []string{"connect-failure"}
 			}
+			if r.Retry.Backoff == nil {
+				r.Retry.Backoff = &RetryBackoff{}
+			}
+			setDuration(&r.Retry.Backoff.Base, DefaultRetryBackoffBase)
+			setDuration(&r.Retry.Backoff.Max, DefaultRetryBackoffMax)
+			setInt32(&r.Retry.MaxBodyBytes, DefaultRetryMaxBodyBytes)
 		}
 	}
 }

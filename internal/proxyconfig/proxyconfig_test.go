@@ -150,8 +150,9 @@ func TestDecodeTooLarge(t *testing.T) {
 func TestDefaults(t *testing.T) {
 	c := &Config{APIVersion: APIVersion, Version: "1", Services: []Service{{
 		Name: "a", Namespace: "n", ClusterIPs: []string{"10.0.0.1"}, Port: 80,
-		Backends: []Backend{{Name: "a"}},
-		Routes:   []Route{{Name: "r", Matches: []Match{{Path: &PathMatch{Value: "/"}}}, Retry: &RetryPolicy{}}},
+		Backends:       []Backend{{Name: "a"}},
+		Routes:         []Route{{Name: "r", Matches: []Match{{Path: &PathMatch{Value: "/"}}}, Retry: &RetryPolicy{}}},
+		FailureAccrual: &FailureAccrual{MinBackoff: D(5 * time.Second)},
 	}}}
 	SetDefaults(c)
 	d := c.Defaults
@@ -168,13 +169,22 @@ func TestDefaults(t *testing.T) {
 		{"retryBudget.ratio", *d.RetryBudget.Ratio, 0.2},
 		{"retryBudget.minRetriesPerSecond", *d.RetryBudget.MinRetriesPerSecond, int32(10)},
 		{"failureAccrual.consecutiveFailures", *d.FailureAccrual.ConsecutiveFailures, int32(7)},
-		{"loadBalancer", d.LoadBalancer, "roundRobin"},
+		{"loadBalancer", d.LoadBalancer, "ewma"},
 		{"inbound.defaultPolicy", c.Inbound.DefaultPolicy, "all-unauthenticated"},
 		{"backend weight", *c.Services[0].Backends[0].Weight, int32(1)},
 		{"backend namespace", c.Services[0].Backends[0].Namespace, "n"},
 		{"path match type", c.Services[0].Routes[0].Matches[0].Path.Type, "PathPrefix"},
 		{"retry attempts", *c.Services[0].Routes[0].Retry.Attempts, int32(1)},
 		{"retry on", c.Services[0].Routes[0].Retry.RetryOn[0], "connect-failure"},
+		{"retry nonIdempotent", c.Services[0].Routes[0].Retry.NonIdempotent, false},
+		{"retry backoff base", c.Services[0].Routes[0].Retry.Backoff.Base.Duration, 25 * time.Millisecond},
+		{"retry backoff max", c.Services[0].Routes[0].Retry.Backoff.Max.Duration, 250 * time.Millisecond},
+		{"retry maxBodyBytes", *c.Services[0].Routes[0].Retry.MaxBodyBytes, int32(65536)},
+		{"service loadBalancer", c.Services[0].LoadBalancer, ""},
+		{"service failureAccrual kept", c.Services[0].FailureAccrual.MinBackoff.Duration, 5 * time.Second},
+		{"service failureAccrual inherited", *c.Services[0].FailureAccrual.ConsecutiveFailures, int32(7)},
+		{"service failureAccrual inherited max", c.Services[0].FailureAccrual.MaxBackoff.Duration, time.Minute},
+		{"service maxRequests", c.Services[0].MaxRequests == nil, true},
 	}
 	for _, ck := range checks {
 		if ck.got != ck.want {

@@ -55,12 +55,18 @@ type Defaults struct {
 	RetryBudget *RetryBudget `json:"retryBudget,omitempty"`
 	// FailureAccrual ejects endpoints that keep failing. Default consecutiveFailures 7, backoff 1s to 60s.
 	FailureAccrual *FailureAccrual `json:"failureAccrual,omitempty"`
-	// LoadBalancer picks an endpoint within a backend: "roundRobin" or "random". Default "roundRobin".
+	// LoadBalancer picks an endpoint within a backend: "ewma", "leastRequest", "roundRobin" or "random". Services may
+	// override it. Default "ewma".
 	LoadBalancer string `json:"loadBalancer,omitempty"`
 }
 
-// Load balancer names accepted in Defaults.LoadBalancer.
+// Load balancer names accepted in Defaults.LoadBalancer and Service.LoadBalancer.
 const (
+	// LoadBalancerEWMA picks the cheaper of two random endpoints by peak-EWMA latency times requests in flight
+	// (Linkerd's balancer).
+	LoadBalancerEWMA = "ewma"
+	// LoadBalancerLeastRequest picks the one of two random endpoints with fewer requests in flight.
+	LoadBalancerLeastRequest = "leastRequest"
 	// LoadBalancerRoundRobin cycles through a backend's endpoints in order.
 	LoadBalancerRoundRobin = "roundRobin"
 	// LoadBalancerRandom picks a backend's endpoint uniformly at random.
@@ -117,6 +123,20 @@ type Service struct {
 	// Routes are matched in order against each HTTP request; the first match decides. Default empty: every request
 	// goes to Backends.
 	Routes []Route `json:"routes,omitempty"`
+	// LoadBalancer overrides Defaults.LoadBalancer for this service's backends. Default "": Defaults.LoadBalancer.
+	LoadBalancer string `json:"loadBalancer,omitempty"`
+	// FailureAccrual overrides Defaults.FailureAccrual for this service; fields left unset take the value of
+	// Defaults.FailureAccrual. Default: Defaults.FailureAccrual.
+	FailureAccrual *FailureAccrual `json:"failureAccrual,omitempty"`
+	// MaxConnections bounds the opaque TCP connections this proxy relays to the service at once (at least 1); a
+	// connection beyond it is closed. Default: unlimited.
+	MaxConnections *int32 `json:"maxConnections,omitempty"`
+	// MaxRequests bounds the HTTP requests this proxy has in flight to the service at once (at least 1); further
+	// requests wait for a free slot (see MaxPendingRequests). Default: unlimited.
+	MaxRequests *int32 `json:"maxRequests,omitempty"`
+	// MaxPendingRequests bounds the requests waiting for a slot when MaxRequests are in flight (0 or more); a request
+	// beyond it, or one whose request timeout expires while it waits, gets 503. Default: unlimited.
+	MaxPendingRequests *int32 `json:"maxPendingRequests,omitempty"`
 }
 
 // Backend is a set of endpoints that receives a weighted share of a service's traffic (a TrafficSplit leg).
@@ -233,11 +253,28 @@ type HeaderMatch struct {
 type RetryPolicy struct {
 	// Attempts is the maximum number of retries per request, beyond the first try. Default 1.
 	Attempts *int32 `json:"attempts,omitempty"`
-	// RetryOn lists retryable outcomes: "connect-failure", "5xx", "gateway-error" (502, 503, 504), "reset" or a status
-	// code such as "503". Default ["connect-failure"].
+	// RetryOn lists retryable outcomes: "connect-failure", "refused-stream" (both always retried), "5xx",
+	// "gateway-error" (502, 503, 504), "reset", a status code such as "503", or a gRPC status name: "cancelled",
+	// "deadline-exceeded", "resource-exhausted", "internal", "unavailable". Default ["connect-failure"].
 	RetryOn []string `json:"retryOn,omitempty"`
-	// PerTryTimeout bounds each attempt. Default 0s: only the route timeout applies.
+	// PerTryTimeout bounds each attempt's wait for response headers. Default 0s: only the route timeout applies.
 	PerTryTimeout *Duration `json:"perTryTimeout,omitempty"`
+	// NonIdempotent allows retrying requests whose method is not idempotent (POST, PATCH, ...) on 5xx,
+	// gateway-error, reset and status codes. Default false.
+	NonIdempotent bool `json:"nonIdempotent,omitempty"`
+	// Backoff spaces retries exponentially with full jitter. Default base 25ms, max 250ms.
+	Backoff *RetryBackoff `json:"backoff,omitempty"`
+	// MaxBodyBytes is the largest request body buffered for replay, 0 to 1048576; a request with a larger body is
+	// retried only after a connect failure or refused stream. Default 65536.
+	MaxBodyBytes *int32 `json:"maxBodyBytes,omitempty"`
+}
+
+// RetryBackoff is an exponential backoff with full jitter: retry n waits a random time up to min(Max, Base×2^n).
+type RetryBackoff struct {
+	// Base is the ceiling of the first retry's delay. Default 25ms.
+	Base *Duration `json:"base,omitempty"`
+	// Max caps every delay; at least Base. Default 250ms.
+	Max *Duration `json:"max,omitempty"`
 }
 
 // Inbound describes how the proxy serves the workload's own ports.

@@ -62,24 +62,43 @@ func validateDefaults(d *Defaults, p *field.Path) field.ErrorList {
 		errs = append(errs, validateDuration(b.TTL, bp.Child("ttl"), true)...)
 	}
 	if f := d.FailureAccrual; f != nil {
-		fp := p.Child("failureAccrual")
-		if f.ConsecutiveFailures == nil || *f.ConsecutiveFailures < 1 {
-			errs = append(errs, field.Invalid(fp.Child("consecutiveFailures"), ptrString(f.ConsecutiveFailures),
-				"must be 1 or more"))
-		}
-		errs = append(errs, validateDuration(f.MinBackoff, fp.Child("minBackoff"), true)...)
-		errs = append(errs, validateDuration(f.MaxBackoff, fp.Child("maxBackoff"), true)...)
-		if f.MinBackoff != nil && f.MaxBackoff != nil && f.MaxBackoff.Duration < f.MinBackoff.Duration {
-			errs = append(errs, field.Invalid(fp.Child("maxBackoff"), f.MaxBackoff.String(), "must not be less than minBackoff"))
-		}
+		errs = append(errs, validateFailureAccrual(f, p.Child("failureAccrual"))...)
 	}
-	switch d.LoadBalancer {
-	case LoadBalancerRoundRobin, LoadBalancerRandom:
-	default:
-		errs = append(errs, field.NotSupported(p.Child("loadBalancer"), d.LoadBalancer,
-			[]string{LoadBalancerRoundRobin, LoadBalancerRandom}))
+	errs = append(errs, validateLoadBalancer(d.LoadBalancer, p.Child("loadBalancer"))...)
+	return errs
+}
+
+func validateFailureAccrual(f *FailureAccrual, fp *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if f.ConsecutiveFailures == nil || *f.ConsecutiveFailures < 1 {
+		errs = append(errs, field.Invalid(fp.Child("consecutiveFailures"), ptrString(f.ConsecutiveFailures),
+			"must be 1 or more"))
+	}
+	errs = append(errs, validateDuration(f.MinBackoff, fp.Child("minBackoff"), true)...)
+	errs = append(errs, validateDuration(f.MaxBackoff, fp.Child("maxBackoff"), true)...)
+	if f.MinBackoff != nil && f.MaxBackoff != nil && f.MaxBackoff.Duration < f.MinBackoff.Duration {
+		errs = append(errs, field.Invalid(fp.Child("maxBackoff"), f.MaxBackoff.String(), "must not be less than minBackoff"))
 	}
 	return errs
+}
+
+var loadBalancers = []string{LoadBalancerEWMA, LoadBalancerLeastRequest, LoadBalancerRoundRobin, LoadBalancerRandom}
+
+func validateLoadBalancer(v string, p *field.Path) field.ErrorList {
+	for _, lb := range loadBalancers {
+		if v == lb {
+			return nil
+		}
+	}
+	return field.ErrorList{field.NotSupported(p, v, loadBalancers)}
+}
+
+// validateLimit checks an optional circuit-breaking limit against its minimum.
+func validateLimit(v *int32, minimum int32, p *field.Path) field.ErrorList {
+	if v != nil && *v < minimum {
+		return field.ErrorList{field.Invalid(p, *v, fmt.Sprintf("must be %d or more", minimum))}
+	}
+	return nil
 }
 
 func validateServices(svcs []Service, p *field.Path) field.ErrorList {
@@ -112,6 +131,15 @@ func validateServices(svcs []Service, p *field.Path) field.ErrorList {
 		}
 		errs = append(errs, validateBackends(s, sp)...)
 		errs = append(errs, validateRoutes(s, sp.Child("routes"))...)
+		if s.LoadBalancer != "" {
+			errs = append(errs, validateLoadBalancer(s.LoadBalancer, sp.Child("loadBalancer"))...)
+		}
+		if s.FailureAccrual != nil {
+			errs = append(errs, validateFailureAccrual(s.FailureAccrual, sp.Child("failureAccrual"))...)
+		}
+		errs = append(errs, validateLimit(s.MaxConnections, 1, sp.Child("maxConnections"))...)
+		errs = append(errs, validateLimit(s.MaxRequests, 1, sp.Child("maxRequests"))...)
+		errs = append(errs, validateLimit(s.MaxPendingRequests, 0, sp.Child("maxPendingRequests"))...)
 	}
 	return errs
 }
@@ -216,16 +244,30 @@ func validateRetry(r *RetryPolicy, p *field.Path) field.ErrorList {
 	}
 	for i, on := range r.RetryOn {
 		switch on {
-		case "connect-failure", "5xx", "gateway-error", "reset":
+		case "connect-failure", "refused-stream", "5xx", "gateway-error", "reset",
+			"cancelled", "deadline-exceeded", "resource-exhausted", "internal", "unavailable":
 			continue
 		}
-		if code, err := strconv.Atoi(on); err == nil && code >= 100 && code <= 599 {
+		if code, err := strconv.Atoi(on); err == nil && len(on) == 3 && code >= 100 && code <= 599 {
 			continue
 		}
 		errs = append(errs, field.Invalid(p.Child("retryOn").Index(i), on,
-			`must be "connect-failure", "5xx", "gateway-error", "reset" or a status code`))
+			`must be "connect-failure", "refused-stream", "5xx", "gateway-error", "reset", a status code or a gRPC `+
+				`status name ("cancelled", "deadline-exceeded", "resource-exhausted", "internal", "unavailable")`))
 	}
 	errs = append(errs, validateDuration(r.PerTryTimeout, p.Child("perTryTimeout"), false)...)
+	if b := r.Backoff; b != nil {
+		bp := p.Child("backoff")
+		errs = append(errs, validateDuration(b.Base, bp.Child("base"), true)...)
+		errs = append(errs, validateDuration(b.Max, bp.Child("max"), true)...)
+		if b.Base != nil && b.Max != nil && b.Max.Duration < b.Base.Duration {
+			errs = append(errs, field.Invalid(bp.Child("max"), b.Max.String(), "must not be less than base"))
+		}
+	}
+	if r.MaxBodyBytes == nil || *r.MaxBodyBytes < 0 || *r.MaxBodyBytes > MaxRetryBodyBytes {
+		errs = append(errs, field.Invalid(p.Child("maxBodyBytes"), ptrString(r.MaxBodyBytes),
+			fmt.Sprintf("must be between 0 and %d", MaxRetryBodyBytes)))
+	}
 	return errs
 }
 
