@@ -53,6 +53,7 @@ type Metrics struct {
 	info      *prometheus.GaugeVec
 	authz     [2][2]*prometheus.CounterVec // [http, tcp][deny, allow]
 	handshake *prometheus.CounterVec
+	out       *outbound
 
 	mu     sync.Mutex
 	routes map[HTTPLabels]*Route
@@ -99,6 +100,7 @@ func New() *Metrics {
 		routes:     map[HTTPLabels]*Route{},
 		tcps:       map[TCPLabels]*TCP{},
 		authzCache: map[AuthzLabels]prometheus.Counter{},
+		out:        newOutbound(),
 	}
 	for i, kind := range []struct{ proto, what string }{{"http", "requests"}, {"tcp", "connections"}} {
 		labels := authzTCPLabels
@@ -114,7 +116,7 @@ func New() *Metrics {
 	}
 	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.tcpOpen, m.tcpClose, m.tcpConns, m.tcpRead,
 		m.tcpWrite, m.detect, m.reloads, m.info, m.handshake, m.authz[0][0], m.authz[0][1], m.authz[1][0],
-		m.authz[1][1], collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.authz[1][1], m.out.retries, m.out.rejected, m.out, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -52,8 +52,11 @@ type Outcome struct {
 	// stream ID is below the stream's); by the protocol, it did not process the request.
 	RefusedStream bool
 	// Reset: no response headers arrived after the request was (perhaps partly) sent: the connection or stream was
-	// reset or closed, or the per-try timeout expired.
+	// reset or closed.
 	Reset bool
+	// Timeout: the attempt's per-try timeout expired before response headers arrived. It is retryable under "reset",
+	// "5xx" and "gateway-error" (the proxy would answer 504).
+	Timeout bool
 	// Status is the HTTP response status; 0 when no response arrived.
 	Status int
 	// GRPCStatus is the response's grpc-status (headers or trailers); 0 for OK or when absent.
@@ -130,6 +133,9 @@ func (p *Policy) Retryable(method string, o Outcome) bool {
 	if o.Reset {
 		return p.reset
 	}
+	if o.Timeout {
+		return p.reset || p.any5xx || p.gateway
+	}
 	s := o.Status
 	switch {
 	case s < 100 || s > 599:
@@ -140,6 +146,24 @@ func (p *Policy) Retryable(method string, o Outcome) bool {
 		return true
 	}
 	return p.codes[(s-100)/64]&(1<<((s-100)%64)) != 0
+}
+
+// Failure reports whether the outcome counts as a failure of the endpoint: no response (connect failure, refused
+// stream, reset, timeout), a 5xx status, or a gRPC status that gRPC maps to a 5xx (UNKNOWN, DEADLINE_EXCEEDED,
+// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS). Other gRPC errors (NOT_FOUND, PERMISSION_DENIED, ...) are answers
+// of a healthy server.
+func (o Outcome) Failure() bool {
+	return o.ConnectFailure || o.RefusedStream || o.Reset || o.Timeout || o.Status >= 500 || GRPCFailure(o.GRPCStatus)
+}
+
+// GRPCFailure reports whether a grpc-status counts as a server failure: UNKNOWN (2), DEADLINE_EXCEEDED (4),
+// UNIMPLEMENTED (12), INTERNAL (13), UNAVAILABLE (14) or DATA_LOSS (15), the codes whose HTTP equivalents are 5xx.
+func GRPCFailure(code int) bool {
+	switch code {
+	case 2, 4, 12, 13, 14, 15:
+		return true
+	}
+	return false
 }
 
 // Idempotent reports whether an HTTP method is idempotent by RFC 9110 §9.2.2 (methods are case-sensitive).

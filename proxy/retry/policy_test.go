@@ -68,6 +68,7 @@ func TestPolicy(t *testing.T) {
 		connect = retry.Outcome{ConnectFailure: true}
 		refused = retry.Outcome{RefusedStream: true}
 		reset   = retry.Outcome{Reset: true}
+		timeout = retry.Outcome{Timeout: true}
 	)
 	status := func(s int) retry.Outcome { return retry.Outcome{Status: s} }
 	grpc := func(c int) retry.Outcome { return retry.Outcome{Status: 200, GRPCStatus: c} }
@@ -114,6 +115,11 @@ func TestPolicy(t *testing.T) {
 		{"grpc ok", []string{"unavailable"}, false, "POST", grpc(0), false},
 		{"grpc not listed", []string{"5xx"}, false, "POST", grpc(14), false},
 		{"grpc out of range", []string{"unavailable"}, false, "POST", grpc(99), false},
+		{"timeout under reset", []string{"reset"}, false, "GET", timeout, true},
+		{"timeout under 5xx", []string{"5xx"}, false, "GET", timeout, true},
+		{"timeout under gateway-error", []string{"gateway-error"}, false, "GET", timeout, true},
+		{"timeout not listed", []string{"503"}, false, "GET", timeout, false},
+		{"timeout POST", []string{"5xx"}, false, "POST", timeout, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -135,9 +141,41 @@ func TestPolicyRejects(t *testing.T) {
 		}
 	}
 	// Every value internal/proxyconfig accepts is understood.
-	if _, err := retry.NewPolicy([]string{"connect-failure", "5xx", "gateway-error", "reset", "503", "100"},
+	if _, err := retry.NewPolicy([]string{"connect-failure", "refused-stream", "5xx", "gateway-error", "reset", "503",
+		"100", "cancelled", "deadline-exceeded", "resource-exhausted", "internal", "unavailable"},
 		retry.PolicyOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestOutcomeFailure(t *testing.T) {
+	tests := []struct {
+		o    retry.Outcome
+		want bool
+	}{
+		{retry.Outcome{}, false},
+		{retry.Outcome{Status: 200}, false},
+		{retry.Outcome{Status: 404}, false},
+		{retry.Outcome{Status: 500}, true},
+		{retry.Outcome{Status: 503}, true},
+		{retry.Outcome{ConnectFailure: true}, true},
+		{retry.Outcome{RefusedStream: true}, true},
+		{retry.Outcome{Reset: true}, true},
+		{retry.Outcome{Timeout: true}, true},
+		{retry.Outcome{Status: 200, GRPCStatus: 5}, false}, // NOT_FOUND: the server answered
+		{retry.Outcome{Status: 200, GRPCStatus: 7}, false}, // PERMISSION_DENIED
+		{retry.Outcome{Status: 200, GRPCStatus: 8}, false}, // RESOURCE_EXHAUSTED maps to 429
+		{retry.Outcome{Status: 200, GRPCStatus: 2}, true},  // UNKNOWN
+		{retry.Outcome{Status: 200, GRPCStatus: 4}, true},  // DEADLINE_EXCEEDED
+		{retry.Outcome{Status: 200, GRPCStatus: 12}, true}, // UNIMPLEMENTED
+		{retry.Outcome{Status: 200, GRPCStatus: 13}, true}, // INTERNAL
+		{retry.Outcome{Status: 200, GRPCStatus: 14}, true}, // UNAVAILABLE
+		{retry.Outcome{Status: 200, GRPCStatus: 15}, true}, // DATA_LOSS
+	}
+	for _, tt := range tests {
+		if got := tt.o.Failure(); got != tt.want {
+			t.Errorf("%+v.Failure() = %v, want %v", tt.o, got, tt.want)
+		}
 	}
 }
 
