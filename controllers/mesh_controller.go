@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
 	"github.com/trellis-mesh/trellis/internal/meshns"
@@ -53,6 +54,8 @@ type MeshReconciler struct {
 	Clock clock.PassiveClock
 	// ClusterDomain is the cluster's DNS domain; default: cluster.local.
 	ClusterDomain string
+	// GatewayAPIInstalled says whether the API server serves Gateway API HTTPRoutes (see GatewayAPIServed).
+	GatewayAPIInstalled bool
 	// Injection configures the proxy injector registered for every Mesh.
 	Injection Injection
 
@@ -295,6 +298,10 @@ func (r *MeshReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			builder.WithPredicates(predicate.GenerationChangedPredicate{}))
 	if r.CertManagerInstalled {
 		b = b.Owns(&cmapi.Certificate{}).Owns(&cmapi.Issuer{})
+	}
+	if r.GatewayAPIInstalled {
+		b = b.Watches(&gatewayv1.HTTPRoute{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{}))
 	}
 	return b.Complete(r)
 }

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
 	"github.com/trellis-mesh/trellis/internal/testenv"
@@ -65,7 +66,7 @@ func TestMain(m *testing.M) {
 			}
 			certManager.Stop()
 		}, nil
-	}, testenv.WithCertManagerCRDs()...)
+	}, append(testenv.WithCertManagerCRDs(), testenv.WithGatewayAPICRDs()...)...)
 }
 
 // startManager runs the MeshReconciler in a manager against the real API server until the test ends, and returns
@@ -81,7 +82,7 @@ func startManagerWith(t *testing.T, configure func(*MeshReconciler), runnables .
 	t.Helper()
 	env.Require(t)
 	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, meshv1alpha1.AddToScheme, cmapi.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, meshv1alpha1.AddToScheme, cmapi.AddToScheme, gatewayv1.Install} {
 		if err := add(scheme); err != nil {
 			t.Fatal(err)
 		}
@@ -98,7 +99,8 @@ func startManagerWith(t *testing.T, configure func(*MeshReconciler), runnables .
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &MeshReconciler{Client: mgr.GetClient(), CertManagerInstalled: CertManagerServed(mgr.GetRESTMapper())}
+	r := &MeshReconciler{Client: mgr.GetClient(), CertManagerInstalled: CertManagerServed(mgr.GetRESTMapper()),
+		GatewayAPIInstalled: GatewayAPIServed(mgr.GetRESTMapper())}
 	configure(r)
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
 	"github.com/trellis-mesh/trellis/internal/render"
@@ -33,6 +34,7 @@ type proxyConfigSnapshot struct {
 	render.ProxySnapshot
 	policies []meshv1alpha1.MeshPolicy
 	splits   []meshv1alpha1.TrafficSplit
+	routes   []gatewayv1.HTTPRoute
 	pods     []corev1.Pod
 }
 
@@ -61,6 +63,11 @@ func (r *MeshReconciler) readProxySnapshot(ctx context.Context, s *meshScope) (*
 				Meshed:         p.Annotations[wellknown.AnnotationInjected] != "",
 			}
 		}
+		routes, err := r.listHTTPRoutes(ctx, ns)
+		if err != nil {
+			return nil, err
+		}
+		snap.routes = append(snap.routes, routes...)
 		snap.pods = append(snap.pods, pods.Items...)
 		snap.policies = append(snap.policies, policies.Items...)
 		snap.splits = append(snap.splits, splits.Items...)
@@ -82,7 +89,13 @@ func (r *MeshReconciler) reconcileProxyConfig(ctx context.Context, s *meshScope)
 		meshed[ns] = true
 	}
 	policyVerdicts := render.EvaluatePolicies(snap.policies, meshed, snap.Services)
-	splitVerdicts := render.EvaluateSplits(snap.splits, meshed, snap.Services)
+	routeVerdicts := render.EvaluateHTTPRoutes(snap.routes, meshed, snap.Services)
+	for _, rt := range snap.routes {
+		if routeVerdicts[client.ObjectKeyFromObject(&rt)].Accepted {
+			snap.HTTPRoutes = append(snap.HTTPRoutes, rt)
+		}
+	}
+	splitVerdicts := render.EvaluateSplits(snap.splits, meshed, snap.Services, render.RoutedServices(snap.HTTPRoutes))
 	for _, p := range snap.policies {
 		if v := policyVerdicts[client.ObjectKeyFromObject(&p)]; v.Accepted && v.ResolvedRefs {
 			snap.Policies = append(snap.Policies, p)
@@ -97,6 +110,9 @@ func (r *MeshReconciler) reconcileProxyConfig(ctx context.Context, s *meshScope)
 		return err
 	}
 	if err := r.writeSplitStatuses(ctx, snap.splits, splitVerdicts); err != nil {
+		return err
+	}
+	if err := r.writeHTTPRouteStatuses(ctx, snap.routes, routeVerdicts); err != nil {
 		return err
 	}
 	if err := r.reportUnmeshed(ctx, s); err != nil {
@@ -155,7 +171,7 @@ func (r *MeshReconciler) reportUnmeshed(ctx context.Context, s *meshScope) error
 	if err := r.writePolicyStatuses(ctx, strayPolicies, render.EvaluatePolicies(strayPolicies, none, nil)); err != nil {
 		return err
 	}
-	return r.writeSplitStatuses(ctx, straySplits, render.EvaluateSplits(straySplits, none, nil))
+	return r.writeSplitStatuses(ctx, straySplits, render.EvaluateSplits(straySplits, none, nil, nil))
 }
 
 func (r *MeshReconciler) clusterDomain() string {

@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
 	"github.com/trellis-mesh/trellis/controllers"
@@ -83,6 +84,7 @@ func main() {
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(meshv1alpha1.AddToScheme(scheme))
 	utilruntime.Must(cmapi.AddToScheme(scheme))
+	utilruntime.Must(gatewayv1.Install(scheme))
 
 	metricsOpts := metricsserver.Options{BindAddress: metricsAddr, SecureServing: metricsSecure}
 	if metricsSecure {
@@ -113,7 +115,10 @@ func main() {
 	if !certManager {
 		log.Info("cert-manager is not installed: meshes will report IdentityReady=False until it is and the manager restarts")
 	}
-	reconciler := &controllers.MeshReconciler{Client: mgr.GetClient(), CertManagerInstalled: certManager, ClusterDomain: clusterDomain}
+	reconciler := &controllers.MeshReconciler{
+		Client: mgr.GetClient(), CertManagerInstalled: certManager, ClusterDomain: clusterDomain,
+		GatewayAPIInstalled: controllers.GatewayAPIServed(mgr.GetRESTMapper()),
+	}
 	if injection {
 		runner := &controllers.WebhookRunner{
 			Server:  webhook.NewServer(webhook.Options{Port: webhookPort, CertDir: webhookDir}),

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
 	"github.com/trellis-mesh/trellis/internal/proxyconfig"
@@ -46,6 +47,8 @@ type ProxySnapshot struct {
 	// Policies and Splits are the MeshPolicies and TrafficSplits in force (accepted).
 	Policies []meshv1alpha1.MeshPolicy
 	Splits   []meshv1alpha1.TrafficSplit
+	// HTTPRoutes are the Gateway API HTTPRoutes with a Service parent (GAMMA) in force.
+	HTTPRoutes []gatewayv1.HTTPRoute
 }
 
 // ProxyConfig builds the proxy configuration document of a mesh: one entry per TCP port of every ClusterIP Service
@@ -85,7 +88,15 @@ func ProxyConfig(s *ProxySnapshot) *proxyconfig.Config {
 			policy := policyFor(s.Policies, key, port.Port)
 			split := splits[key]
 			entry.Backends = backendsFor(idx, svc, port, split, m.Spec.TrustDomain)
-			entry.Routes = routesFor(policy, split)
+			if attached := attachedRoutes(s.HTTPRoutes, svc, port.Port); len(attached) > 0 {
+				var timeout *proxyconfig.Duration
+				var retry *proxyconfig.RetryPolicy
+				if policy != nil {
+					timeout, retry = requestTimeout(policy.Spec.Timeouts), retryPolicy(policy.Spec.Retries)
+				}
+				entry.Routes, entry.Backends = routesFromHTTPRoutes(idx, svc, port, attached, entry.Backends, m.Spec.TrustDomain, timeout, retry)
+			}
+			entry.Routes = append(entry.Routes, routesFor(policy, split)...)
 			cfg.Services = append(cfg.Services, entry)
 		}
 	}

@@ -157,7 +157,10 @@ func portList(svc *corev1.Service) string {
 
 // EvaluateSplits decides which TrafficSplits are in force. A split whose root Service is missing is not in force; a
 // split with a missing backend is in force, the backend's share fails, and ResolvedRefs says which backend.
-func EvaluateSplits(splits []meshv1alpha1.TrafficSplit, meshed map[string]bool, services []corev1.Service) map[types.NamespacedName]Verdict {
+//
+// routed names the Services HTTPRoutes in force attach to (see RoutedServices): a split of such a Service
+// conflicts with the route, which wins.
+func EvaluateSplits(splits []meshv1alpha1.TrafficSplit, meshed map[string]bool, services []corev1.Service, routed map[types.NamespacedName]string) map[types.NamespacedName]Verdict {
 	idx := indexServices(services)
 	verdicts := map[types.NamespacedName]Verdict{}
 	roots := map[types.NamespacedName]string{}
@@ -170,6 +173,10 @@ func EvaluateSplits(splits []meshv1alpha1.TrafficSplit, meshed map[string]bool, 
 			continue
 		case len(validation.TrafficSplit(s)) > 0:
 			verdicts[key] = refused(meshv1alpha1.ReasonInvalidSpec, validation.TrafficSplit(s).ToAggregate().Error())
+			continue
+		case routed[root] != "":
+			verdicts[key] = refused(meshv1alpha1.ReasonConflicted, fmt.Sprintf("HTTPRoute %s already routes Service %s: "+
+				"express the split as the route's weighted backendRefs, or delete one of them", routed[root], s.Spec.Service))
 			continue
 		case roots[root] != "":
 			verdicts[key] = refused(meshv1alpha1.ReasonConflicted, fmt.Sprintf("TrafficSplit %s, which is older, already splits "+

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -109,4 +110,20 @@ func freeLoopbackAddr() (string, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), nil
+}
+
+// WithGatewayAPICRDs returns the path of the Gateway API HTTPRoute CRD (standard channel) of the version the
+// module requires, from the Go module cache (`go list -m`), or nothing when it cannot be found.
+func WithGatewayAPICRDs() []string {
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api")
+	cmd.Dir = RepoRoot()
+	out, err := cmd.Output()
+	if err != nil {
+		return nil
+	}
+	path := filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard", "gateway.networking.k8s.io_httproutes.yaml")
+	if !fileExists(path) {
+		return nil
+	}
+	return []string{path}
 }
