@@ -644,8 +644,8 @@ func TestDefaultPolicies(t *testing.T) {
 					t.Errorf("%s: %d %q, want allowed", what, resp.StatusCode, b)
 				case !allow && resp.StatusCode != 403:
 					t.Errorf("%s: %d %q, want 403", what, resp.StatusCode, b)
-				case !allow && what == "plaintext HTTP" && resp.Header.Get("Trellis-Deny-Reason") != tc.reason:
-					t.Errorf("%s: deny reason %q, want %q", what, resp.Header.Get("Trellis-Deny-Reason"), tc.reason)
+				case !allow && what == "plaintext HTTP" && resp.Header.Get("Trellis-Deny-Reason") != tc.rule+": "+tc.reason:
+					t.Errorf("%s: deny reason %q, want %q", what, resp.Header.Get("Trellis-Deny-Reason"), tc.rule+": "+tc.reason)
 				}
 			}
 			checkTCP := func(what, addr string, allow bool) {

@@ -85,7 +85,13 @@ type Proxy struct {
 	lns      []net.Listener
 
 	authMu      sync.RWMutex
-	authorities map[authorityKey]*metrics.Route
+	authorities map[authorityKey]authorityClass
+}
+
+// authorityClass is the inbound metrics class of a Host value and client identity.
+type authorityClass struct {
+	m     *metrics.Route
+	label string // the authority label: the Host value, or "other" beyond MaxAuthorities
 }
 
 // authorityKey identifies an inbound HTTP metrics class: the request's Host and the client's mesh identity.
@@ -127,7 +133,7 @@ func New(o Options) *Proxy {
 		unknown:     o.Metrics.TCP(metrics.TCPLabels{Direction: metrics.Outbound, TLS: "false"}),
 		unknownR:    o.Metrics.Route(metrics.HTTPLabels{Direction: metrics.Outbound, TLS: "false"}),
 		conns:       map[net.Conn]struct{}{},
-		authorities: map[authorityKey]*metrics.Route{},
+		authorities: map[authorityKey]authorityClass{},
 	}
 	mesh, _ := o.Connector.(mtls.TLSConnector)
 	p.h2 = h2.NewServer(h2.Options{Connector: o.Connector, Mesh: mesh, IdleTimeout: idle, Log: o.Log})
@@ -542,7 +548,7 @@ type h2Inbound struct{ *inboundRouter }
 // Route implements h2.Router. On a mesh connection, a request carrying mtls.OrigProtoHeader was HTTP/1.x at the
 // client and goes to the application as HTTP/1.1; the header is removed.
 func (r h2Inbound) Route(req *http.Request) h2.Target {
-	t := r.target(req.Host)
+	t := r.target(h2Request{req}, req.Host)
 	ht := h2.Target{Endpoint: t.Endpoint, Metrics: t.Metrics, Timeout: t.Timeout, Status: t.Status, Reason: t.Reason}
 	if r.identity != "" {
 		if _, ok := req.Header[mtls.OrigProtoHeader]; ok {
@@ -719,37 +725,38 @@ type inboundRouter struct {
 	identity string // the client's verified SPIFFE ID; empty without mesh TLS
 }
 
-// authorize asks the Authorizer about the client under the port's current default policy and counts the decision.
-func (r *inboundRouter) authorize(http bool, s *snapshot.Snapshot) authz.Decision {
-	policy := ""
+// authorize asks the Authorizer about the client under the port's current settings (req is nil for a connection
+// relayed as bytes) and counts the decision.
+func (r *inboundRouter) authorize(s *snapshot.Snapshot, req authz.HTTPRequest, authority string) authz.Decision {
+	ar := authz.Request{Port: r.port, Client: r.client, Identity: r.identity, HTTP: req}
 	if s != nil {
-		policy = s.Policy(r.port)
+		ar.Policy, ar.DefaultPolicy = s.Authz(r.port), s.DefaultPolicy
 	}
-	d := r.p.o.Authorizer.Authorize(authz.Request{Port: r.port, Client: r.client, Identity: r.identity,
-		DefaultPolicy: policy})
+	d := r.p.o.Authorizer.Authorize(ar)
 	tls := "false"
 	if r.identity != "" {
 		tls = "true"
 	}
-	r.p.o.Metrics.Authz(metrics.AuthzLabels{HTTP: http, Allow: d.Allow, Port: r.port, Rule: d.Authorization,
-		TLS: tls, ClientID: r.identity})
+	r.p.o.Metrics.Authz(metrics.AuthzLabels{HTTP: req != nil, Allow: d.Allow, Port: r.port, Rule: d.Authorization,
+		TLS: tls, ClientID: r.identity, Route: d.Route, Authority: authority})
 	if !d.Allow && r.p.o.Log.Enabled(context.Background(), slog.LevelDebug) {
 		r.p.o.Log.Debug("Inbound denied", "port", r.port, "client", r.client, "identity", r.identity,
-			"rule", d.Authorization, "reason", d.Reason, "http", http)
+			"rule", d.Authorization, "route", d.Route, "reason", d.Reason, "http", req != nil)
 	}
 	return d
 }
 
 // authorizeTCP decides a connection relayed as opaque bytes.
 func (r *inboundRouter) authorizeTCP() bool {
-	return r.authorize(false, r.p.o.Store.Load()).Allow
+	return r.authorize(r.p.o.Store.Load(), nil, "").Allow
 }
 
-func (r *inboundRouter) target(host string) (t h1.Target) {
+func (r *inboundRouter) target(req authz.HTTPRequest, host string) (t h1.Target) {
 	t.Endpoint = r.app
-	t.Metrics = r.p.authority(host, r.identity)
+	class := r.p.authority(host, r.identity)
+	t.Metrics = class.m
 	s := r.p.o.Store.Load()
-	if d := r.authorize(true, s); !d.Allow {
+	if d := r.authorize(s, req, class.label); !d.Allow {
 		t.Status, t.Reason = 403, d.Reason
 	}
 	if s != nil {
@@ -759,34 +766,34 @@ func (r *inboundRouter) target(host string) (t h1.Target) {
 }
 
 // Route implements h1.Router.
-func (r *inboundRouter) Route(req *h1.Request) h1.Target { return r.target(req.Host()) }
+func (r *inboundRouter) Route(req *h1.Request) h1.Target { return r.target(req, req.Host()) }
 
-// authority returns the inbound metrics recorder for a Host value and client identity, from a bounded cache.
-func (p *Proxy) authority(host, identity string) *metrics.Route {
+// authority returns the inbound metrics class of a Host value and client identity, from a bounded cache.
+func (p *Proxy) authority(host, identity string) authorityClass {
 	k := authorityKey{host, identity}
 	p.authMu.RLock()
-	m, ok := p.authorities[k]
+	c, ok := p.authorities[k]
 	p.authMu.RUnlock()
 	if ok {
-		return m
+		return c
 	}
 	p.authMu.Lock()
 	defer p.authMu.Unlock()
-	if m, ok := p.authorities[k]; ok {
-		return m
+	if c, ok := p.authorities[k]; ok {
+		return c
 	}
 	k.host = strings.Clone(host) // host may alias a request buffer
-	label := k.host
+	c.label = k.host
 	if len(p.authorities) >= p.o.MaxAuthorities {
-		label = "other"
+		c.label = "other"
 	}
-	l := metrics.HTTPLabels{Direction: metrics.Inbound, Authority: label, TLS: "false"}
+	l := metrics.HTTPLabels{Direction: metrics.Inbound, Authority: c.label, TLS: "false"}
 	if identity != "" {
 		l.TLS, l.ClientID = "true", identity
 	}
-	m = p.o.Metrics.Route(l)
-	if label != "other" {
-		p.authorities[k] = m
+	c.m = p.o.Metrics.Route(l)
+	if c.label != "other" {
+		p.authorities[k] = c
 	}
-	return m
+	return c
 }

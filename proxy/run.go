@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os/signal"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,13 +19,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trellis-mesh/trellis/internal/identity/workload"
-	"github.com/trellis-mesh/trellis/internal/proxyconfig"
+	"github.com/trellis-mesh/trellis/internal/redirect"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
 	"github.com/trellis-mesh/trellis/proxy/admin"
 	"github.com/trellis-mesh/trellis/proxy/authz"
 	"github.com/trellis-mesh/trellis/proxy/metrics"
 	"github.com/trellis-mesh/trellis/proxy/mtls"
-	"github.com/trellis-mesh/trellis/proxy/reload"
 	"github.com/trellis-mesh/trellis/proxy/snapshot"
 )
 
@@ -78,6 +76,18 @@ type RunOptions struct {
 	// ClusterNetworks are the client networks the cluster-authenticated policy admits without mesh identity.
 	// Default authz.DefaultClusterNetworks (RFC 1918 and IPv6 unique local addresses).
 	ClusterNetworks []netip.Prefix
+	// PodLabelsFile is the downward API file of the pod's labels, which inbound.workloads selectors match; it is
+	// polled like the configuration. Default DefaultPodLabelsFile; a missing file means no labels.
+	PodLabelsFile string
+	// ConfigSource says where the configuration comes from: ConfigSourceAuto (default), ConfigSourceAPI or
+	// ConfigSourceVolume.
+	ConfigSource string
+	// APIServer is the Kubernetes API server's URL for the API source. Default: https://$KUBERNETES_SERVICE_HOST:
+	// $KUBERNETES_SERVICE_PORT.
+	APIServer string
+	// APITokenFile and APICAFile are the ServiceAccount token and the API server's CA for the API source. Defaults
+	// apiconfig.DefaultTokenFile and apiconfig.DefaultCAFile.
+	APITokenFile, APICAFile string
 
 	// OutboundListener, InboundListener and AdminListener, when set, are served instead of listening on the
 	// addresses above (Run closes them).
@@ -168,15 +178,12 @@ func Run(ctx context.Context, o RunOptions) error {
 		return err
 	}
 	store := &snapshot.Store{}
-	w := &reload.Watcher{Dir: o.ConfigDir, Interval: o.PollInterval, Store: store, Metrics: m, Log: o.Log,
-		Compile: func(l *proxyconfig.Loaded) (*snapshot.Snapshot, error) {
-			s, err := snapshot.Compile(l, snapshot.Options{Metrics: m, MeshTLS: creds != nil,
-				OpaquePorts: o.OpaquePorts})
-			if err == nil && o.DetectTimeout > 0 {
-				s.DetectTimeout = o.DetectTimeout
-			}
-			return s, err
-		}}
+	sources, err := o.newConfigSources(store, snapshot.Options{Metrics: m, MeshTLS: creds != nil,
+		OpaquePorts: o.OpaquePorts})
+	if err != nil {
+		closeListeners(o.OutboundListener, o.InboundListener, o.AdminListener)
+		return err
+	}
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -208,10 +215,10 @@ func Run(ctx context.Context, o RunOptions) error {
 	defer adminSrv.Close()
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer sources.run(watchCtx)()
 	defer stopWatch()
-	go w.Run(watchCtx)
-	if _, err := w.Reload(); err != nil {
-		o.Log.Info("Waiting for a valid configuration", "dir", o.ConfigDir)
+	if _, err := sources.volume.Reload(); err != nil {
+		o.Log.Info("Waiting for a valid configuration", "dir", o.ConfigDir, "api", sources.api != nil)
 		for store.Load() == nil {
 			select {
 			case <-ctx.Done():
@@ -305,18 +312,31 @@ func ownPorts(lns ...net.Listener) []uint16 {
 	return ports
 }
 
-// ParsePorts parses a comma-separated list of ports ("" is an empty list).
+// ParsePorts parses a comma-separated list of ports and inclusive ranges, such as "25,7000-7010" ("" is an empty
+// list), the syntax of the config.trellis.io/*-ports annotations, and returns every port once, sorted.
 func ParsePorts(s string) ([]uint16, error) {
-	var out []uint16
-	for f := range strings.SplitSeq(s, ",") {
-		if f = strings.TrimSpace(f); f == "" {
-			continue
+	ranges, err := redirect.ParsePortRanges(s)
+	if err != nil {
+		return nil, err
+	}
+	var set [1 << 16]bool
+	n := 0
+	for _, r := range ranges {
+		for p := int(r.First); p <= int(r.Last); p++ {
+			if !set[p] {
+				set[p] = true
+				n++
+			}
 		}
-		n, err := strconv.ParseUint(f, 10, 16)
-		if err != nil || n == 0 {
-			return nil, fmt.Errorf("invalid port %q", f)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	out := make([]uint16, 0, n)
+	for p := 1; p < len(set); p++ {
+		if set[p] {
+			out = append(out, uint16(p))
 		}
-		out = append(out, uint16(n))
 	}
 	return out, nil
 }

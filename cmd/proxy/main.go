@@ -35,12 +35,14 @@ func main() {
 	fs.StringVar(&o.PodIP, "pod-ip", "", "The workload's pod IP (for logs).")
 	fs.StringVar(&o.TokenFile, "token-file", workload.DefaultTokenFile, "Projected ServiceAccount token (audience identity.trellis.io) presented to the identity service.")
 	fs.StringVar(&o.TrustBundleFile, "trust-bundle-file", workload.DefaultTrustBundleFile, "PEM bundle of the mesh's trust anchors.")
-	fs.Func("inbound-probe-ports", "Comma-separated container ports kubelet probes target; inbound traffic to them is always authorized.",
+	fs.Func("inbound-probe-ports", "Comma-separated container ports and ranges (8080,9000-9010) kubelet probes target; inbound traffic to them is always authorized.",
 		func(v string) (err error) { o.InboundProbePorts, err = proxy.ParsePorts(v); return err })
-	fs.Func("opaque-ports", "Comma-separated ports on which protocol detection is skipped, added to the configuration's opaquePorts.",
+	fs.Func("opaque-ports", "Comma-separated ports and ranges (25,7000-7010) on which protocol detection is skipped, added to the configuration's opaquePorts.",
 		func(v string) (err error) { o.OpaquePorts, err = proxy.ParsePorts(v); return err })
 	fs.Func("cluster-networks", "Comma-separated CIDRs whose unauthenticated clients the cluster-authenticated policy admits (default: RFC 1918 and fc00::/7).",
 		func(v string) (err error) { o.ClusterNetworks, err = proxy.ParsePrefixes(v); return err })
+	fs.StringVar(&o.PodLabelsFile, "pod-labels-file", proxy.DefaultPodLabelsFile, "Downward API file of the pod's labels (key=\"value\" lines), matched by the configuration's workload selectors; re-read when it changes.")
+	fs.StringVar(&o.ConfigSource, "config-source", proxy.ConfigSourceAuto, "Where the configuration comes from: auto (watch the ConfigMaps through the API when the pod has a ServiceAccount token and KUBERNETES_SERVICE_HOST, with the mounted volume as the fallback; else the volume), api (as auto, but refuse to start without the API), or volume.")
 	fs.VisitAll(func(f *flag.Flag) {
 		env := "TRELLIS_PROXY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(env); ok {

@@ -1,7 +1,10 @@
-// Package authz is the proxy's authorization hook for inbound traffic: it is asked once per inbound TCP connection
-// forwarded as opaque bytes and once per inbound HTTP request whether the client may proceed. Default implements the
-// Mesh's default policies; per-port and per-route authorizations (MeshPolicy) plug in as further Authorizers that
-// fall back to it.
+// Package authz is the proxy's authorization of inbound traffic: it is asked once per inbound TCP connection
+// forwarded as opaque bytes and once per inbound HTTP request whether the client may proceed.
+//
+// Compile turns the configuration's inbound section into a Table for one pod (its namespace and labels pick the
+// workload entries that apply); each port's settings become an immutable Policy. Default is the proxy's Authorizer:
+// kubelet probe ports are always allowed; then the port Policy's authorizations, then its routes' authorizations
+// (HTTP), may allow the client; otherwise the port's default policy decides.
 package authz
 
 import (
@@ -11,6 +14,14 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxyconfig"
 )
 
+// HTTPRequest is what route matching reads from an HTTP request. Implementations must not allocate.
+type HTTPRequest interface {
+	Method() string
+	Path() string
+	// Header returns the first value of the header named by a lowercase name.
+	Header(lowerName string) (string, bool)
+}
+
 // Request describes the client and what it asks for.
 type Request struct {
 	// Port is the inbound (application) port.
@@ -19,10 +30,12 @@ type Request struct {
 	Client netip.AddrPort
 	// Identity is the client's verified SPIFFE ID; empty when the client is not authenticated by mesh TLS.
 	Identity string
-	// Route is the matched inbound HTTP route's name; empty for TCP and for requests that match no route.
-	Route string
-	// DefaultPolicy is the port's default policy in the running configuration (inbound.ports[].defaultPolicy, else
-	// inbound.defaultPolicy); empty means all-unauthenticated.
+	// HTTP is the request, for route matching; nil for a connection relayed as bytes.
+	HTTP HTTPRequest
+	// Policy is the port's compiled settings in the running configuration (Table.Policy). Default nil: DefaultPolicy
+	// alone decides.
+	Policy *Policy
+	// DefaultPolicy is the port's default policy when Policy is nil; empty means all-unauthenticated.
 	DefaultPolicy string
 }
 
@@ -30,10 +43,15 @@ type Request struct {
 type Decision struct {
 	// Allow admits the request.
 	Allow bool
-	// Authorization names the rule that decided, for metrics and logs: "default:<policy>" for a default policy,
-	// "probe" for a kubelet probe port.
+	// Authorization names the rule that decided, for metrics and logs: "<source>/<authorization name>" for an
+	// authorization (source: the workload entry, or "port-<n>" for inbound.ports), "default:<policy>" for a default
+	// policy, "probe" for a kubelet probe port.
 	Authorization string
-	// Reason explains a denial to the client (the trellis-deny-reason header of a 403) and in logs.
+	// Route is the inbound route the request was allowed on, else the first route whose matches it meets; empty
+	// for TCP and for requests no route matches.
+	Route string
+	// Reason explains a denial to the client (the trellis-deny-reason header of a 403) and in logs, starting with
+	// the rule that decided: "default:deny: no authorization of shop/web allows the client".
 	Reason string
 }
 
@@ -50,25 +68,25 @@ var _ Authorizer = AllowAll{}
 
 // Authorize allows the request.
 func (AllowAll) Authorize(Request) Decision {
-	return Decision{Allow: true, Authorization: ruleAllUnauthenticated}
+	return Decision{Allow: true, Authorization: ruleDefault + proxyconfig.PolicyAllUnauthenticated}
 }
 
 // Rule names (the "rule" metric label).
 const (
-	ruleAllUnauthenticated   = "default:" + proxyconfig.PolicyAllUnauthenticated
-	ruleAllAuthenticated     = "default:" + proxyconfig.PolicyAllAuthenticated
-	ruleClusterAuthenticated = "default:" + proxyconfig.PolicyClusterAuthenticated
-	ruleDeny                 = "default:" + proxyconfig.PolicyDeny
+	ruleDefault = "default:"
 	// RuleProbe names the decision that admits traffic to a kubelet probe port.
 	RuleProbe = "probe"
 )
 
-// Denial reasons.
+// Denial reasons, after the rule in Decision.Reason.
 const (
 	ReasonUnauthenticated = "client is not authenticated"
 	ReasonForeignDomain   = "client identity is not in the cluster's trust domain"
 	ReasonOutsideNetworks = "unauthenticated client is outside the cluster networks"
 	ReasonDenied          = "port denies all traffic"
+	// ReasonNotAuthorized is followed by the source of the port's settings: "no authorization of shop/web allows
+	// the client".
+	ReasonNotAuthorized = "no authorization of %s allows the client"
 )
 
 // DefaultClusterNetworks are the client networks that the cluster-authenticated policy admits without mesh identity
@@ -81,14 +99,16 @@ var DefaultClusterNetworks = []netip.Prefix{
 	netip.MustParsePrefix("fc00::/7"),
 }
 
-// Default decides by the port's default policy:
+// Default is the proxy's Authorizer. In order:
+//   - traffic to a kubelet probe port is always allowed;
+//   - the port's authorizations (Request.Policy) may allow the client, and for HTTP the authorizations of every
+//     route whose matches the request meets;
+//   - otherwise the port's default policy decides:
 //   - all-unauthenticated: every client;
 //   - all-authenticated: clients with a verified mesh identity;
-//   - cluster-authenticated: clients with a mesh identity of the cluster's trust domain, and clients without one whose
-//     address is in the cluster networks;
+//   - cluster-authenticated: clients with a mesh identity of the cluster's trust domain, and clients without one
+//     whose address is in the cluster networks;
 //   - deny: nobody.
-//
-// Traffic to a kubelet probe port is always allowed, whatever the policy.
 type Default struct {
 	domainPrefix string // "spiffe://<trust domain>/"
 	probes       []uint16
@@ -108,10 +128,13 @@ type DefaultOptions struct {
 	ClusterNetworks []netip.Prefix
 }
 
-// NewDefault returns the default-policy Authorizer.
+// DefaultTrustDomain is the trust domain used when none is configured.
+const DefaultTrustDomain = "cluster.local"
+
+// NewDefault returns the proxy's Authorizer.
 func NewDefault(o DefaultOptions) *Default {
 	if o.TrustDomain == "" {
-		o.TrustDomain = "cluster.local"
+		o.TrustDomain = DefaultTrustDomain
 	}
 	if o.ClusterNetworks == nil {
 		o.ClusterNetworks = DefaultClusterNetworks
@@ -119,38 +142,72 @@ func NewDefault(o DefaultOptions) *Default {
 	return &Default{domainPrefix: "spiffe://" + o.TrustDomain + "/", probes: o.ProbePorts, networks: o.ClusterNetworks}
 }
 
-// Authorize applies the port's default policy.
+// Authorize decides r.
 func (d *Default) Authorize(r Request) Decision {
 	for _, p := range d.probes {
 		if p == r.Port {
 			return Decision{Allow: true, Authorization: RuleProbe}
 		}
 	}
-	switch r.DefaultPolicy {
-	case proxyconfig.PolicyAllAuthenticated:
-		if r.Identity == "" {
-			return Decision{Authorization: ruleAllAuthenticated, Reason: ReasonUnauthenticated}
-		}
-		return Decision{Allow: true, Authorization: ruleAllAuthenticated}
-	case proxyconfig.PolicyClusterAuthenticated:
-		switch {
-		case r.Identity != "" && strings.HasPrefix(r.Identity, d.domainPrefix):
-			return Decision{Allow: true, Authorization: ruleClusterAuthenticated}
-		case r.Identity != "":
-			return Decision{Authorization: ruleClusterAuthenticated, Reason: ReasonForeignDomain}
-		case d.inNetworks(r.Client.Addr()):
-			return Decision{Allow: true, Authorization: ruleClusterAuthenticated}
-		}
-		return Decision{Authorization: ruleClusterAuthenticated, Reason: ReasonOutsideNetworks}
-	case proxyconfig.PolicyDeny:
-		return Decision{Authorization: ruleDeny, Reason: ReasonDenied}
+	p := r.Policy
+	if p == nil {
+		p = basePolicy(r.DefaultPolicy)
 	}
-	return Decision{Allow: true, Authorization: ruleAllUnauthenticated}
+	client := r.Client.Addr().Unmap()
+	for i := range p.authorizations {
+		if a := &p.authorizations[i]; a.allows(client, r.Identity) {
+			d := Decision{Allow: true, Authorization: a.rule}
+			if r.HTTP != nil {
+				d.Route = p.firstRoute(r.HTTP)
+			}
+			return d
+		}
+	}
+	route := ""
+	if r.HTTP != nil {
+		for i := range p.routes {
+			rt := &p.routes[i]
+			if !rt.matcher.Matches(r.HTTP) {
+				continue
+			}
+			if route == "" {
+				route = rt.name
+			}
+			for j := range rt.authorizations {
+				if a := &rt.authorizations[j]; a.allows(client, r.Identity) {
+					return Decision{Allow: true, Authorization: a.rule, Route: rt.name}
+				}
+			}
+		}
+	}
+	dec := d.byDefault(p, client, r.Identity)
+	dec.Route = route
+	return dec
 }
 
-func (d *Default) inNetworks(a netip.Addr) bool {
-	a = a.Unmap()
-	for _, n := range d.networks {
+// byDefault applies the policy's default.
+func (d *Default) byDefault(p *Policy, client netip.Addr, identity string) Decision {
+	switch p.kind {
+	case kindAllAuthenticated:
+		if identity == "" {
+			return Decision{Authorization: p.rule, Reason: p.reasons[reasonUnauthenticated]}
+		}
+	case kindClusterAuthenticated:
+		switch {
+		case identity != "" && strings.HasPrefix(identity, d.domainPrefix):
+		case identity != "":
+			return Decision{Authorization: p.rule, Reason: p.reasons[reasonForeignDomain]}
+		case !inNetworks(d.networks, client):
+			return Decision{Authorization: p.rule, Reason: p.reasons[reasonOutsideNetworks]}
+		}
+	case kindDeny:
+		return Decision{Authorization: p.rule, Reason: p.reasons[reasonDenied]}
+	}
+	return Decision{Allow: true, Authorization: p.rule}
+}
+
+func inNetworks(networks []netip.Prefix, a netip.Addr) bool {
+	for _, n := range networks {
 		if n.Contains(a) {
 			return true
 		}

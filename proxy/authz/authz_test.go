@@ -49,7 +49,10 @@ func TestDefault(t *testing.T) {
 		{proxyconfig.PolicyAllAuthenticated, probe, pod, "", true, RuleProbe, ""},
 	} {
 		got := d.Authorize(Request{Port: tc.port, Client: tc.client, Identity: tc.identity, DefaultPolicy: tc.policy})
-		want := Decision{Allow: tc.allow, Authorization: tc.rule, Reason: tc.reason}
+		want := Decision{Allow: tc.allow, Authorization: tc.rule}
+		if tc.reason != "" {
+			want.Reason = tc.rule + ": " + tc.reason
+		}
 		if got != want {
 			t.Errorf("%s port %d from %v as %q: %+v, want %+v", tc.policy, tc.port, tc.client, tc.identity, got, want)
 		}

@@ -89,8 +89,9 @@ func New() *Metrics {
 			Help: "Protocol detection results: http1, http2, tls, opaque, timeout, closed, or skipped (opaque port)."},
 			[]string{"direction", "result"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "config_reload_total",
-			Help: "Configuration loads: success, unchanged (same hash, ignored) or failure (last good kept)."},
-			[]string{"result"}),
+			Help: "Configuration loads by result (success; unchanged: same hash, ignored; stale: an older version, " +
+				"ignored; failure: last good kept) and source (volume, api, labels)."},
+			[]string{"result", "source"}),
 		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "config_info",
 			Help: "The running configuration: 1 for its version and hash."}, []string{"version", "hash"}),
 		handshake: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mtls_handshake_total",
@@ -122,7 +123,7 @@ func New() *Metrics {
 
 var (
 	authzTCPLabels  = []string{"target_port", "rule", "tls", "client_id"}
-	authzHTTPLabels = append(append([]string{}, authzTCPLabels...), "route")
+	authzHTTPLabels = append(append([]string{}, authzTCPLabels...), "route", "authority")
 )
 
 // AuthzLabels identify an inbound authorization decision.
@@ -141,6 +142,8 @@ type AuthzLabels struct {
 	ClientID string
 	// Route is the inbound route's name (HTTP only).
 	Route string
+	// Authority is the request's Host, as in the inbound request_total series (HTTP only).
+	Authority string
 }
 
 // Authz counts one authorization decision. Label sets are cached: after the first decision of a kind, counting takes
@@ -160,9 +163,10 @@ func (m *Metrics) Authz(l AuthzLabels) {
 				result = 1
 			}
 			l.Rule, l.ClientID, l.Route = strings.Clone(l.Rule), strings.Clone(l.ClientID), strings.Clone(l.Route)
+			l.Authority = strings.Clone(l.Authority)
 			v := []string{strconv.Itoa(int(l.Port)), l.Rule, l.TLS, l.ClientID}
 			if l.HTTP {
-				v = append(v, l.Route)
+				v = append(v, l.Route, l.Authority)
 			}
 			c = m.authz[kind][result].WithLabelValues(v...)
 			m.authzCache[l] = c
@@ -383,8 +387,9 @@ func (d *Detector) Count(result string) {
 	}
 }
 
-// Reload counts a configuration load: "success", "unchanged" or "failure".
-func (m *Metrics) Reload(result string) { m.reloads.WithLabelValues(result).Inc() }
+// Reload counts a configuration load from a source ("volume", "api", or "labels" for a recompilation after the
+// pod's labels changed) with its result: "success", "unchanged", "stale" or "failure".
+func (m *Metrics) Reload(source, result string) { m.reloads.WithLabelValues(result, source).Inc() }
 
 // SetConfig publishes the running configuration's version and hash in config_info.
 func (m *Metrics) SetConfig(version, hash string) {

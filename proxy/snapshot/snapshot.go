@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/proxyconfig"
+	"github.com/trellis-mesh/trellis/proxy/authz"
 	"github.com/trellis-mesh/trellis/proxy/balance"
 	"github.com/trellis-mesh/trellis/proxy/balance/random"
 	"github.com/trellis-mesh/trellis/proxy/balance/roundrobin"
@@ -33,9 +34,10 @@ type Snapshot struct {
 	// DefaultPolicy is inbound.defaultPolicy: the authorization policy of ports without their own.
 	DefaultPolicy string
 
-	services map[netip.AddrPort]*Service
-	inbound  map[uint16]*InboundPort
-	opaque   map[uint16]bool
+	services     map[netip.AddrPort]*Service
+	inbound      map[uint16]*InboundPort
+	inboundOther *authz.Policy // authorization of the inbound ports nothing lists
+	opaque       map[uint16]bool
 }
 
 // Service is a compiled service port.
@@ -92,6 +94,8 @@ type InboundPort struct {
 	Opaque bool
 	// DefaultPolicy is the port's default authorization policy.
 	DefaultPolicy string
+	// Authz is the port's compiled authorization: its authorizations, routes and default policy.
+	Authz *authz.Policy
 }
 
 // Request is what route matching reads from an HTTP request. Implementations must not allocate.
@@ -113,9 +117,10 @@ func (s *Snapshot) Inbound(port uint16) *InboundPort { return s.inbound[port] }
 // OpaquePort reports whether port is listed in opaquePorts (or in Options.OpaquePorts).
 func (s *Snapshot) OpaquePort(port uint16) bool { return s.opaque[port] }
 
-// Policy returns the default authorization policy of an inbound port: its own, else inbound.defaultPolicy.
+// Policy returns the default authorization policy of an inbound port: its own (from the workload entry or
+// inbound.ports entry that decides it), else inbound.defaultPolicy.
 func (s *Snapshot) Policy(port uint16) string {
-	if p := s.inbound[port]; p != nil && p.DefaultPolicy != "" {
+	if p := s.Authz(port); p != nil {
 		return p.DefaultPolicy
 	}
 	return s.DefaultPolicy
@@ -254,6 +259,13 @@ type Options struct {
 	MeshTLS bool
 	// OpaquePorts are added to the document's opaquePorts (the proxy's --opaque-ports).
 	OpaquePorts []uint16
+	// PodNamespace and PodLabels describe the proxy's pod: inbound.workloads entries apply when their namespace is
+	// PodNamespace and their selector matches PodLabels. Default empty: no workload entry applies.
+	PodNamespace string
+	PodLabels    map[string]string
+	// TrustDomain turns the ServiceAccounts and namespaces of inbound authorizations into SPIFFE IDs. Default
+	// "cluster.local".
+	TrustDomain string
 }
 
 // Compile turns a loaded (defaulted, validated) document into a Snapshot.
@@ -289,10 +301,11 @@ func Compile(l *proxyconfig.Loaded, o Options) (*Snapshot, error) {
 			s.services[netip.AddrPortFrom(a, uint16(c.Services[i].Port))] = svc
 		}
 	}
-	for _, p := range c.Inbound.Ports {
-		s.inbound[uint16(p.Port)] = &InboundPort{Port: uint16(p.Port), Name: p.Name,
-			Opaque: p.Protocol == proxyconfig.ProtocolOpaque, DefaultPolicy: p.DefaultPolicy}
+	inbound, table, err := compileInbound(c, o)
+	if err != nil {
+		return nil, fmt.Errorf("inbound: %w", err)
 	}
+	s.inbound, s.inboundOther = inbound, table.Other()
 	for _, p := range c.OpaquePorts {
 		s.opaque[uint16(p)] = true
 	}
