@@ -54,6 +54,13 @@ const (
 	TokenFileName = "trellis-identity-token"
 	// TokenExpirationSeconds is the token's requested lifetime; the kubelet renews it at 80% of it.
 	TokenExpirationSeconds = 86400
+	// PodInfoVolumeName is the downward API volume of the pod's labels, mounted at PodInfoDir: the proxy matches
+	// them against the workload selectors of its configuration, and the kubelet updates the file when they change.
+	PodInfoVolumeName = "trellis-podinfo"
+	// PodInfoDir holds the labels file PodLabelsFileName.
+	PodInfoDir = "/var/run/trellis/podinfo"
+	// PodLabelsFileName is the labels file's name in PodInfoDir (key="value" lines).
+	PodLabelsFileName = "labels"
 )
 
 // Environment variables of the proxy container. Each sets the proxy flag of the same name (TRELLIS_PROXY_<FLAG>).
@@ -72,6 +79,7 @@ const (
 	EnvPodName            = "TRELLIS_PROXY_POD_NAME"             // downward API metadata.name
 	EnvServiceAccount     = "TRELLIS_PROXY_SERVICE_ACCOUNT"      // downward API spec.serviceAccountName
 	EnvPodIP              = "TRELLIS_PROXY_POD_IP"               // downward API status.podIP
+	EnvPodLabelsFile      = "TRELLIS_PROXY_POD_LABELS_FILE"      // PodInfoDir/PodLabelsFileName
 	// EnvOpaquePorts holds the pod's opaque ports in the Ports text form ("25,7000-7010"); empty means none.
 	EnvOpaquePorts = "TRELLIS_PROXY_OPAQUE_PORTS"
 	// EnvInboundProbePorts holds the container ports the kubelet probes, in the Ports text form; empty means none.
@@ -229,6 +237,7 @@ func proxyContainer(p Params, probePorts Ports) corev1.Container {
 			{Name: ConfigVolumeName, MountPath: ConfigDir, ReadOnly: true},
 			{Name: TrustVolumeName, MountPath: TrustDir, ReadOnly: true},
 			{Name: TokenVolumeName, MountPath: TokenDir, ReadOnly: true},
+			{Name: PodInfoVolumeName, MountPath: PodInfoDir, ReadOnly: true},
 		},
 		// Startup allows two minutes to obtain the first certificate: with native sidecars the application
 		// starts only after it.
@@ -268,12 +277,13 @@ func proxyEnv(p Params, probePorts Ports) []corev1.EnvVar {
 		field(EnvPodName, "metadata.name"),
 		field(EnvServiceAccount, "spec.serviceAccountName"),
 		field(EnvPodIP, "status.podIP"),
+		{Name: EnvPodLabelsFile, Value: PodInfoDir + "/" + PodLabelsFileName},
 		{Name: EnvOpaquePorts, Value: p.OpaquePorts.String()},
 		{Name: EnvInboundProbePorts, Value: probePorts.String()},
 	}
 }
 
-// volumes are the proxy's configuration, trust bundle and identity token.
+// volumes are the proxy's configuration, trust bundle, identity token and the pod's labels.
 func volumes() []corev1.Volume {
 	sources := make([]corev1.VolumeProjection, 0, wellknown.MaxProxyConfigMaps)
 	for i := range wellknown.MaxProxyConfigMaps {
@@ -296,6 +306,11 @@ func volumes() []corev1.Volume {
 				ExpirationSeconds: ptr.To[int64](TokenExpirationSeconds),
 				Path:              TokenFileName,
 			}}},
+		}}},
+		{Name: PodInfoVolumeName, VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
+			Items: []corev1.DownwardAPIVolumeFile{{
+				Path: PodLabelsFileName, FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.labels"},
+			}},
 		}}},
 	}
 }
@@ -343,7 +358,7 @@ func checkClashes(spec *corev1.PodSpec, p Params) error {
 		return fmt.Errorf("the pod already has a container named %s", InitContainerName)
 	}
 	for _, v := range spec.Volumes {
-		if v.Name == ConfigVolumeName || v.Name == TrustVolumeName || v.Name == TokenVolumeName {
+		if v.Name == ConfigVolumeName || v.Name == TrustVolumeName || v.Name == TokenVolumeName || v.Name == PodInfoVolumeName {
 			return fmt.Errorf("the pod already has a volume named %s", v.Name)
 		}
 	}

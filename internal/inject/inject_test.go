@@ -202,6 +202,9 @@ func TestInjectPodSpecErrors(t *testing.T) {
 		{"app has a trellis volume", app(func(p *corev1.PodTemplateSpec) {
 			p.Spec.Volumes = []corev1.Volume{{Name: "trellis-trust"}}
 		}), DefaultParams(testImages), "the pod already has a volume named trellis-trust"},
+		{"app has the podinfo volume", app(func(p *corev1.PodTemplateSpec) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "trellis-podinfo"}}
+		}), DefaultParams(testImages), "the pod already has a volume named trellis-podinfo"},
 		{"app has a trellis-init container", app(func(p *corev1.PodTemplateSpec) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "trellis-init"}}
 		}), DefaultParams(testImages), "the pod already has a container named trellis-init"},

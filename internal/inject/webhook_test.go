@@ -283,7 +283,7 @@ func TestWebhook(t *testing.T) {
 		if got, want := containerNames(stored.Spec.InitContainers), []string{InitContainerName, ProxyContainerName}; !equality.Semantic.DeepEqual(got, want) {
 			t.Fatalf("init containers %v, want %v", got, want)
 		}
-		if len(stored.Spec.Volumes) != 3 || len(stored.Spec.Containers) != 1 {
+		if len(stored.Spec.Volumes) != 4 || len(stored.Spec.Containers) != 1 {
 			t.Fatalf("volumes %v, containers %v", stored.Spec.Volumes, containerNames(stored.Spec.Containers))
 		}
 		checkInjected(t, stored)
@@ -376,10 +376,21 @@ func checkInjected(t *testing.T, pod *corev1.Pod) {
 	for name, want := range map[string]string{
 		EnvTrustDomain: "cluster.local", EnvIdentityAddr: "trellis-identity.trellis-system.svc:8080",
 		EnvInboundProbePorts: "8080", EnvOpaquePorts: "25,587,3306,4444,5432,6379,9300,11211",
+		EnvPodLabelsFile: "/var/run/trellis/podinfo/labels",
 	} {
 		if got := envValue(proxy, name); got != want {
 			t.Errorf("%s=%q, want %q", name, got, want)
 		}
+	}
+	podinfo := false
+	for _, v := range pod.Spec.Volumes {
+		if d := v.DownwardAPI; v.Name == PodInfoVolumeName && d != nil && len(d.Items) == 1 &&
+			d.Items[0].Path == "labels" && d.Items[0].FieldRef.FieldPath == "metadata.labels" {
+			podinfo = true
+		}
+	}
+	if !podinfo {
+		t.Errorf("no downward API volume of the pod's labels in %v", pod.Spec.Volumes)
 	}
 	if proxy.Image != testImages.Proxy || pod.Spec.InitContainers[0].Image != testImages.ProxyInit {
 		t.Errorf("images %s, %s", proxy.Image, pod.Spec.InitContainers[0].Image)
