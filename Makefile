@@ -32,8 +32,12 @@ help: ## Show this help.
 ##@ Demo
 
 .PHONY: demo
-demo: k8s-test-bins cert-manager-bins ## Run the local, self-contained demo (real kube-apiserver + etcd, cert-manager, the manager, the samples).
+demo: $(KUSTOMIZE) ## Run the demo (root): the local cluster, Trellis installed, the shop application meshed with mTLS, its traffic and `trellis check`.
 	$(GO) run ./hack/demo $(DEMO_FLAGS)
+
+.PHONY: demo-control-plane
+demo-control-plane: k8s-test-bins cert-manager-bins ## Run the control plane alone on a bare kube-apiserver (no root, no cluster).
+	$(GO) run ./hack/demo -control-plane $(DEMO_FLAGS)
 
 ##@ Development
 
