@@ -31,6 +31,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/spiffe"
 	"github.com/trellis-mesh/trellis/proxy/authz"
 	"github.com/trellis-mesh/trellis/proxy/mtls"
+	"github.com/trellis-mesh/trellis/proxy/snapshot"
 )
 
 const (
@@ -583,9 +584,15 @@ func TestMeshRefusals(t *testing.T) {
 			if got, err := tcpEcho(t, mp.a.out, "refused bytes"); got != "" {
 				t.Errorf("TCP answered %q, %v", got, err)
 			}
-			waitCounter(t, mp.a, "mtls_handshake_total", map[string]string{"direction": "outbound", "result": tc.outbound}, 3)
+			// A handshake the client proxy refuses is a connect failure: the request, the call and the connection are
+			// each retried on further picks (here the same endpoint), and each attempt handshakes.
+			attempts := 3.0
+			if tc.outbound != "success" {
+				attempts *= 1 + snapshot.DefaultConnectRetries
+			}
+			waitCounter(t, mp.a, "mtls_handshake_total", map[string]string{"direction": "outbound", "result": tc.outbound}, attempts)
 			if tc.inbound != "" {
-				waitCounter(t, mp.b, "mtls_handshake_total", map[string]string{"direction": "inbound", "result": tc.inbound}, 3)
+				waitCounter(t, mp.b, "mtls_handshake_total", map[string]string{"direction": "inbound", "result": tc.inbound}, attempts)
 			}
 			if n := mp.b.counter("mtls_handshake_total", map[string]string{"direction": "inbound", "result": "success"}); n != 0 {
 				t.Errorf("server proxy accepted %v handshakes", n)

@@ -432,20 +432,7 @@ func (p *Proxy) serveOutbound(raw net.Conn) {
 		p.h2.ServeConn(context.Background(), c, br, h2Outbound{r})
 		c.Close()
 	default:
-		be := svc.Default.Backend()
-		if be == nil {
-			c.Close()
-			return
-		}
-		ep, done, err := be.Picker.Pick()
-		if err != nil {
-			done(balance.DoneInfo{Err: err})
-			c.Close()
-			return
-		}
-		c.setClass(svc.TCPFor(ep.Identity))
-		closeErr = p.forwardTCP(c, br, ep, snap)
-		done(balance.DoneInfo{Err: closeErr})
+		closeErr = p.forwardService(c, br, svc, snap)
 	}
 }
 
@@ -468,46 +455,6 @@ func (p *Proxy) forwardTCP(c net.Conn, br *bufio.Reader, ep *balance.Endpoint, s
 	return err
 }
 
-// outboundRouter routes the requests of one outbound connection.
-type outboundRouter struct {
-	p        *Proxy
-	dst      netip.AddrPort
-	fallback *balance.Endpoint
-}
-
-func (r *outboundRouter) route(req snapshot.Request) (ep *balance.Endpoint, done func(balance.DoneInfo),
-	rt *snapshot.Route, status int, reason string) {
-	svc := r.p.o.Store.Load().Service(r.dst)
-	if svc == nil {
-		// The service left the configuration after this connection was detected: keep going where the client was.
-		return r.fallback, nil, nil, 0, ""
-	}
-	rt = svc.Route(req)
-	be := rt.Backend()
-	if be == nil {
-		return nil, nil, rt, 503, "no backend"
-	}
-	ep, done, err := be.Picker.Pick()
-	if err != nil {
-		done(balance.DoneInfo{Err: err})
-		return nil, nil, rt, 503, "no endpoints"
-	}
-	return ep, done, rt, 0, ""
-}
-
-// Route implements h1.Router.
-func (r *outboundRouter) Route(req *h1.Request) h1.Target {
-	ep, done, rt, status, reason := r.route(req)
-	t := h1.Target{Endpoint: ep, Done: done, Status: status, Reason: reason, Metrics: r.p.unknownR}
-	if rt != nil {
-		t.Timeout, t.Metrics = rt.Timeout, rt.Metrics
-		if ep != nil {
-			t.Metrics = rt.MetricsFor(ep.Identity)
-		}
-	}
-	return t
-}
-
 // h2Request adapts an *http.Request for route matching.
 type h2Request struct{ r *http.Request }
 
@@ -524,22 +471,6 @@ func (q h2Request) Header(lowerName string) (string, bool) {
 		return "", false
 	}
 	return v[0], true
-}
-
-// h2Outbound routes HTTP/2 streams of one outbound connection.
-type h2Outbound struct{ *outboundRouter }
-
-// Route implements h2.Router.
-func (r h2Outbound) Route(req *http.Request) h2.Target {
-	ep, done, rt, status, reason := r.route(h2Request{req})
-	t := h2.Target{Endpoint: ep, Done: done, Status: status, Reason: reason, Metrics: r.p.unknownR}
-	if rt != nil {
-		t.Timeout, t.Metrics = rt.Timeout, rt.Metrics
-		if ep != nil {
-			t.Metrics = rt.MetricsFor(ep.Identity)
-		}
-	}
-	return t
 }
 
 // h2Inbound routes HTTP/2 streams of one inbound connection.

@@ -35,7 +35,7 @@ func get(t testing.TB, c *http.Client, url string) (int, string) {
 // reach both endpoints in turn and are counted with the service's labels.
 func TestOutboundHTTPBalancesAndCounts(t *testing.T) {
 	a, b := namedBackend(t, "a"), namedBackend(t, "b")
-	h := newHarness(t, serviceDoc("1", []string{a, b}, ""))
+	h := newHarness(t, serviceDoc("1", []string{a, b}, `"defaults": {"loadBalancer": "roundRobin"},`))
 	c := httpClient(t)
 	seen := map[string]int{}
 	for range 10 {

@@ -32,10 +32,24 @@ var (
 	ErrWaitExpired = errors.New("circuit breaker: no request slot before the deadline (maxRequests)")
 )
 
+// Counter is incremented once per refusal; prometheus.Counter satisfies it.
+type Counter interface{ Inc() }
+
+// Counters count a Breaker's refusals by limit; nil fields count nothing.
+type Counters struct {
+	// Pending counts requests refused because MaxPending requests already waited (ErrPendingFull).
+	Pending Counter
+	// Wait counts requests whose wait for a slot ended without one (ErrWaitExpired).
+	Wait Counter
+	// Conn counts connections refused by MaxConnections.
+	Conn Counter
+}
+
 // Breaker counts a service's requests and connections against its Limits. It lives as long as the service (across
 // configuration reloads), so that requests started under old limits still count. It is safe for concurrent use.
 type Breaker struct {
 	limits   atomic.Pointer[Limits]
+	counters atomic.Pointer[Counters]
 	inflight atomic.Int64
 	conns    atomic.Int64
 	nwait    atomic.Int64 // len(waiters), readable without mu
@@ -48,6 +62,17 @@ func New(l Limits) *Breaker {
 	b := &Breaker{}
 	b.limits.Store(&l)
 	return b
+}
+
+// SetCounters sets the counters of refusals.
+func (b *Breaker) SetCounters(c Counters) { b.counters.Store(&c) }
+
+func (b *Breaker) count(pick func(*Counters) Counter) {
+	if c := b.counters.Load(); c != nil {
+		if n := pick(c); n != nil {
+			n.Inc()
+		}
+	}
 }
 
 // Limits returns the current limits.
@@ -100,6 +125,7 @@ func (b *Breaker) Acquire(deadline time.Time, cancel <-chan struct{}) error {
 	if l.MaxPending >= 0 && int64(len(b.waiters)) >= l.MaxPending {
 		b.nwait.Add(-1)
 		b.mu.Unlock()
+		b.count(func(c *Counters) Counter { return c.Pending })
 		return ErrPendingFull
 	}
 	w := make(chan struct{})
@@ -122,10 +148,12 @@ func (b *Breaker) Acquire(deadline time.Time, cancel <-chan struct{}) error {
 		b.waiters = slices.Delete(b.waiters, i, i+1)
 		b.nwait.Add(-1)
 		b.mu.Unlock()
+		b.count(func(c *Counters) Counter { return c.Wait })
 		return ErrWaitExpired
 	}
 	b.mu.Unlock()
 	b.Release() // a slot was handed over as the wait ended: give it back
+	b.count(func(c *Counters) Counter { return c.Wait })
 	return ErrWaitExpired
 }
 
@@ -161,6 +189,7 @@ func (b *Breaker) AcquireConn() bool {
 	for {
 		n := b.conns.Load()
 		if n >= limit {
+			b.count(func(c *Counters) Counter { return c.Conn })
 			return false
 		}
 		if b.conns.CompareAndSwap(n, n+1) {

@@ -443,9 +443,9 @@ func FuzzReadHead(f *testing.F) {
 		var out bytes.Buffer
 		w := bufio.NewWriter(&out)
 		if request {
-			writeRequestHead(w, &m)
+			writeRequestHead(w, &m, nil)
 		} else {
-			writeResponseHead(w, &m, false, false)
+			writeResponseHead(w, &m, false, false, nil)
 		}
 		w.Flush()
 		var m2 message

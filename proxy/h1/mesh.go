@@ -17,6 +17,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/proxy/balance"
 	"github.com/trellis-mesh/trellis/proxy/h2"
+	"github.com/trellis-mesh/trellis/proxy/headers"
 	"github.com/trellis-mesh/trellis/proxy/mtls"
 )
 
@@ -28,62 +29,99 @@ type Mesh interface {
 
 var _ Mesh = (*h2.Server)(nil)
 
-// viaMesh reports whether the request goes over Mesh: its endpoint has an identity, and it is neither an upgrade nor
-// a CONNECT (those become byte tunnels, which go over a pooled mesh TLS connection negotiating the transport
-// protocol; the Connector takes care of that).
-func (c *conn) viaMesh(t Target) bool {
-	upgrade := c.req.connUpgrade && c.req.upgrade
-	return c.s.Mesh != nil && t.Endpoint.Identity != "" && !upgrade && !eqFold(c.req.bytes(c.req.first[0]), "connect")
-}
-
 var meshBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// forwardMesh sends the request as an HTTP/2 stream over Mesh and relays the response as HTTP/1.1 (chunked with
-// trailers when the length is unknown, or until close for HTTP/1.0 clients).
-func (c *conn) forwardMesh(t Target, start time.Time) (keep bool) {
-	if c.req.expect100 && !c.req.http10 {
+// viaMesh reports whether a request to ep goes over Mesh: ep has an identity, and the request is neither an upgrade
+// nor a CONNECT (those become byte tunnels, which go over a pooled mesh TLS connection negotiating the transport
+// protocol; the Connector takes care of that).
+func (c *conn) viaMesh(ep *balance.Endpoint) bool {
+	return c.s.Mesh != nil && ep.Identity != "" && !c.tunnelled()
+}
+
+// meshStream is an attempt's HTTP/2 stream over the mesh: its context and its request body.
+type meshStream struct {
+	cancel context.CancelFunc
+	body   *meshBody
+}
+
+// end closes the response (if any) and the stream, and stops the body from reading the client; it reports whether
+// the whole body had been sent, leaving the client connection ready for its next request.
+func (s *meshStream) end(c *conn, resp *http.Response) bool {
+	if resp != nil {
+		resp.Body.Close()
+	}
+	s.cancel()
+	return s.body.detach(c)
+}
+
+// tryMesh sends the request as an HTTP/2 stream over Mesh, waiting for the response headers until limit (zero:
+// none; perTry says it is the per-try timeout's).
+func (c *conn) tryMesh(a *attempt, t Target, ep *balance.Endpoint, body *replay, limit time.Time, perTry bool) {
+	if c.req.expect100 && !c.req.http10 && !c.continued {
 		// The proxy takes the body on the server's behalf: the mesh hop does not wait for approval.
 		c.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n") //nolint:errcheck // checked by Flush
 		if err := c.bw.Flush(); err != nil {
-			return false
+			a.fail(err, 502, "client failed")
+			a.outcome.Reset = true
+			return
 		}
+		c.continued = true
 	}
-	req, body := c.meshRequest(t.Endpoint)
+	req, mb := c.meshRequest(ep, t.RequestHeaders, body)
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var timedOut atomic.Bool
-	if t.Timeout > 0 {
-		timer := time.AfterFunc(t.Timeout, func() { timedOut.Store(true); cancel() })
-		defer timer.Stop()
+	a.stream = &meshStream{cancel: cancel, body: mb}
+	var timer *time.Timer
+	var fired atomic.Bool
+	if !limit.IsZero() {
+		timer = time.AfterFunc(time.Until(limit), func() { fired.Store(true); cancel() })
 	}
-	resp, err := c.s.Mesh.RoundTripMesh(req.WithContext(ctx), t.Endpoint)
-	if err != nil {
-		body.detach(c)
+	resp, err := c.s.Mesh.RoundTripMesh(req.WithContext(ctx), ep)
+	if timer != nil && !timer.Stop() && err == nil {
+		// The deadline passed as the headers arrived: the stream is canceled already.
+		resp.Body.Close()
+		resp, err = nil, os.ErrDeadlineExceeded
+	}
+	if err == nil {
+		a.resp = resp
+		a.outcome.Status = resp.StatusCode
+		// The transport may still be reading the client for the body: only a buffered body can be sent again.
+		a.bodyRead = !body.complete
+		return
+	}
+	a.stream.end(c, nil)
+	a.bodyRead = mb.touched
+	switch {
+	case fired.Load():
+		a.timedOut(t, perTry)
+		a.err = os.ErrDeadlineExceeded
+	default:
 		code, reason := h2.UpstreamFailure(err, true)
-		if timedOut.Load() {
-			code, reason, err = 504, "response timeout", os.ErrDeadlineExceeded
-		}
-		return c.failed(t, start, code, reason, err)
+		a.fail(err, code, reason)
+		a.outcome.ConnectFailure, a.outcome.RefusedStream = h2.ConnectFailure(err), h2.RefusedStream(err)
+		a.outcome.Reset = !a.outcome.ConnectFailure && !a.outcome.RefusedStream
 	}
-	defer resp.Body.Close()
-	latency := c.s.now().Sub(start)
+}
+
+// finishMesh relays the response of a mesh attempt as HTTP/1.1 (chunked with trailers when the length is unknown,
+// or until close for HTTP/1.0 clients).
+func (c *conn) finishMesh(t Target, a *attempt, start time.Time) (keep bool) {
+	resp := a.resp
 	if t.Metrics != nil {
-		t.Metrics.Response(resp.StatusCode, resp.StatusCode >= 500, latency)
+		t.Metrics.Response(resp.StatusCode, resp.StatusCode >= 500, c.s.now().Sub(start))
 	}
-	if t.Done != nil {
-		t.Done(balance.DoneInfo{Latency: latency})
-	}
+	t.ResponseHeaders.Apply(resp.Header)
 	keep = c.relayMeshResponse(resp)
-	if !body.detach(c) {
+	if !a.stream.end(c, resp) {
 		// The server answered before the client sent its whole body: the client connection is out of step.
 		keep = false
 	}
-	return keep && !timedOut.Load()
+	return keep
 }
 
-// meshRequest builds the HTTP/2 request for the current HTTP/1 request. Strings are copied out of the reused head
-// buffer, since the transport may use them after the exchange.
-func (c *conn) meshRequest(ep *balance.Endpoint) (*http.Request, *meshBody) {
+// meshRequest builds the HTTP/2 request for the current HTTP/1 request, its header fields changed by mod, its body
+// read from body's buffer first, then from the client. Strings are copied out of the reused head buffer, since the
+// transport may use them after the exchange.
+func (c *conn) meshRequest(ep *balance.Endpoint, mod *headers.Modifier, body *replay) (*http.Request, *meshBody) {
 	m := &c.req
 	head := string(m.buf)
 	sub := func(s span) string { return head[s.start:s.end] }
@@ -128,8 +166,13 @@ func (c *conn) meshRequest(ep *balance.Endpoint) (*http.Request, *meshBody) {
 	if m.teTrailers {
 		hdr["Te"] = []string{"trailers"}
 	}
+	mod.Apply(hdr)
 	req := &http.Request{Method: sub(m.first[0]), URL: u, Host: host, Header: hdr, Proto: "HTTP/2.0", ProtoMajor: 2}
-	b := &meshBody{br: c.br, remaining: m.contentLength}
+	b := &meshBody{br: c.br, client: c.br, remaining: m.contentLength}
+	if body.buf != nil && (body.complete || body.partial) {
+		b.pre = bytes.NewReader(*body.buf)
+		b.br = bufio.NewReader(b.pre)
+	}
 	switch {
 	case m.chunked:
 		b.chunked, b.remaining = true, 0
@@ -240,7 +283,10 @@ func (c *conn) copyMeshBody(body io.Reader, chunked bool) error {
 // detach makes sure it no longer touches the reader before the connection reads its next request.
 type meshBody struct {
 	mu        sync.Mutex
-	br        *bufio.Reader
+	br        *bufio.Reader // reads pre, then client
+	client    *bufio.Reader // the client connection
+	pre       *bytes.Reader // the buffered part of the body (see replay), or nil
+	touched   bool          // client was read
 	chunked   bool
 	remaining int64 // bytes left in the current chunk or fixed-length body
 	done      bool  // the whole body was read
@@ -270,7 +316,19 @@ func (b *meshBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// next switches from the buffered part of the body to the client once the former is consumed (buffered chunked
+// bodies end on a line boundary, so the switch happens between framing elements).
+func (b *meshBody) next() {
+	if b.pre != nil && b.pre.Len() == 0 && b.br.Buffered() == 0 {
+		b.pre, b.br = nil, b.client
+	}
+	if b.br == b.client {
+		b.touched = true
+	}
+}
+
 func (b *meshBody) read(p []byte) (int, error) {
+	b.next()
 	if b.remaining == 0 && b.chunked {
 		if err := b.nextChunk(); err != nil {
 			return 0, err
@@ -278,6 +336,7 @@ func (b *meshBody) read(p []byte) (int, error) {
 		if b.done {
 			return 0, io.EOF
 		}
+		b.next()
 	}
 	if int64(len(p)) > b.remaining {
 		p = p[:b.remaining]

@@ -19,7 +19,10 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/proxy/balance"
+	"github.com/trellis-mesh/trellis/proxy/circuit"
+	"github.com/trellis-mesh/trellis/proxy/headers"
 	"github.com/trellis-mesh/trellis/proxy/metrics"
+	"github.com/trellis-mesh/trellis/proxy/retry"
 	"github.com/trellis-mesh/trellis/proxy/tcp"
 )
 
@@ -75,12 +78,25 @@ func indexString(s, sub string) int {
 
 // Target says where one request goes.
 type Target struct {
-	// Endpoint receives the request when Status is 0.
+	// Endpoint receives the request (its first attempt) when Status is 0.
 	Endpoint *balance.Endpoint
-	// Done, when set, is called once with the outcome (a Picker's callback).
+	// Done, when set, is called once with the outcome of the attempt sent to Endpoint (a Picker's callback): Err
+	// for no response, Failed for a 5xx, Latency the time to the response headers.
 	Done func(balance.DoneInfo)
-	// Timeout bounds the time to the response headers; 0 means none. On expiry the client gets 504.
+	// Timeout bounds the time from the request to its final response headers, retries included; 0 means none. On
+	// expiry the client gets 504 with trellis-proxy-error "request timed out after <Timeout>".
 	Timeout time.Duration
+	// Retry decides which failed attempts are retried, how often and after which backoff, within its budget; it also
+	// sets the per-try timeout and how much of a request body is buffered for replay. Nil: one attempt.
+	Retry *retry.Plan
+	// Picker chooses the endpoint of each retry (the backend's Picker). Nil: no retry.
+	Picker balance.Picker
+	// RequestHeaders and ResponseHeaders change the forwarded request's and the relayed response's header fields.
+	// Nil changes nothing.
+	RequestHeaders, ResponseHeaders *headers.Modifier
+	// Breaker bounds the service's requests in flight (a request may wait for a slot until Timeout); a request it
+	// refuses gets 503. Nil: unlimited.
+	Breaker *circuit.Breaker
 	// Metrics records the request; nil records nothing.
 	Metrics *metrics.Route
 	// Status, when non-zero, answers the request locally with this status instead of forwarding it.
@@ -122,15 +138,16 @@ const (
 )
 
 type conn struct {
-	s      *Server
-	nc     net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	req    message
-	resp   message
-	view   Request
-	state  atomic.Int32
-	bodyCh chan error
+	s         *Server
+	nc        net.Conn
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	req       message
+	resp      message
+	view      Request
+	state     atomic.Int32
+	bodyCh    chan error
+	continued bool // the proxy answered the current request's Expect: 100-continue itself
 }
 
 var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufferSize) }}
@@ -223,6 +240,7 @@ func (s *Server) track(c *conn, add bool) {
 
 // serve handles one request and reports whether the client connection can carry another.
 func (c *conn) serve(router Router) bool {
+	c.continued = false
 	if err := c.req.readHead(c.br, true); err != nil {
 		switch {
 		case errors.Is(err, errHeaderTooLarge):
@@ -249,74 +267,161 @@ func (c *conn) serve(router Router) bool {
 
 func (c *conn) hasBody() bool { return c.req.contentLength > 0 || c.req.chunked }
 
-// forward sends the request upstream and relays the response.
+// forward sends the request upstream, retrying failed attempts as t.Retry allows (each on an endpoint t.Picker
+// chooses), and relays the final response, or answers with the proxy's error.
 func (c *conn) forward(t Target, start time.Time) (keep bool) {
-	s := c.s
-	if c.viaMesh(t) {
-		return c.forwardMesh(t, start)
+	var deadline time.Time
+	if t.Timeout > 0 {
+		deadline = start.Add(t.Timeout)
 	}
-	u, reused, err := s.Pool.get(t.Endpoint)
-	if err != nil {
-		return c.failed(t, start, 502, "connect failed", err)
-	}
-	bodyRunning := false
-	for attempt := 0; ; attempt++ {
-		err = c.send(u, &bodyRunning)
-		if err == nil {
-			err = c.readResponse(u, t.Timeout, start)
-		}
-		if err == nil {
-			break
-		}
-		u.conn.Close()
-		// A reused connection the server closed while idle fails before any response byte: retry once on a new
-		// connection when no request body was sent.
-		if reused && attempt == 0 && !c.hasBody() && retryable(err) {
-			if u, err = s.Pool.dial(t.Endpoint); err != nil {
-				return c.failed(t, start, 502, "connect failed", err)
+	if t.Breaker != nil {
+		if err := t.Breaker.Acquire(deadline, nil); err != nil {
+			if t.Done != nil {
+				t.Done(balance.DoneInfo{Canceled: true})
 			}
-			reused = false
-			continue
+			return c.reply(t, start, 503, err.Error(), err)
 		}
-		if bodyRunning {
-			c.stopBody()
+		defer t.Breaker.Release()
+	}
+	plan := t.Retry
+	if plan != nil {
+		plan.Budget.Deposit()
+	}
+	var body replay
+	defer body.release()
+	if plan != nil && plan.MaxBodyBytes > 0 && c.hasBody() && !c.tunnelled() {
+		if err := c.bufferBody(&body, plan.MaxBodyBytes, deadline); err != nil {
+			if t.Done != nil {
+				t.Done(balance.DoneInfo{Canceled: true})
+			}
+			if errors.Is(err, errBadChunk) {
+				c.localReply(400, "malformed request body")
+			}
+			return false
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return c.failed(t, start, 504, "response timeout", err)
+	}
+	ep, done := t.Endpoint, t.Done
+	method := c.req.str(c.req.first[0])
+	for n := 0; ; n++ {
+		var a attempt
+		c.try(&a, t, ep, &body, deadline)
+		now := c.s.now()
+		if done != nil {
+			done(a.doneInfo(now.Sub(a.start)))
 		}
-		return c.failed(t, start, 502, "upstream failed", err)
+		if plan == nil || t.Picker == nil {
+			return c.finish(t, &a, start)
+		}
+		left := retry.NoDeadline
+		if !deadline.IsZero() {
+			left = deadline.Sub(now)
+		}
+		delay, again := plan.Decide(method, n, a.outcome, body.replayable(c, &a), left)
+		if !again {
+			return c.finish(t, &a, start)
+		}
+		c.abandon(&a)
+		if delay > 0 {
+			time.Sleep(delay)
+		}
+		var err error
+		if ep, done, err = t.Picker.Pick(); err != nil {
+			done(balance.DoneInfo{Err: err})
+			return c.reply(t, start, 503, "no endpoints", err)
+		}
 	}
-	code := c.resp.status
-	latency := s.now().Sub(start)
-	if t.Metrics != nil {
-		t.Metrics.Response(code, code >= 500, latency)
-	}
-	if t.Done != nil {
-		t.Done(balance.DoneInfo{Latency: latency})
-	}
-	if code == 101 {
-		return c.tunnel(u, bodyRunning)
-	}
-	return c.relayResponse(u, bodyRunning)
 }
 
-// send writes the request head upstream and starts relaying the body, if any.
-func (c *conn) send(u *upstream, bodyRunning *bool) error {
-	writeRequestHead(u.bw, &c.req)
-	if !c.hasBody() {
+// tunnelled reports whether the request becomes a byte tunnel (an upgrade or CONNECT): its body is not buffered.
+func (c *conn) tunnelled() bool {
+	return (c.req.connUpgrade && c.req.upgrade) || eqFold(c.req.bytes(c.req.first[0]), "connect")
+}
+
+// try makes one attempt of the request to ep and records its outcome in a: the response head (in c.resp for the
+// plain path, a.resp over the mesh), or the failure and the answer the client would get.
+func (c *conn) try(a *attempt, t Target, ep *balance.Endpoint, body *replay, deadline time.Time) {
+	a.start = c.s.now()
+	limit, perTry := deadline, false
+	if t.Retry != nil && t.Retry.PerTryTimeout > 0 {
+		if d := a.start.Add(t.Retry.PerTryTimeout); limit.IsZero() || d.Before(limit) {
+			limit, perTry = d, true
+		}
+	}
+	if c.viaMesh(ep) {
+		c.tryMesh(a, t, ep, body, limit, perTry)
+		return
+	}
+	u, reused, err := c.s.Pool.get(ep)
+	if err != nil {
+		a.fail(err, 502, "connect failed")
+		a.outcome.ConnectFailure = true
+		return
+	}
+	for redialled := false; ; {
+		err = c.send(u, t, body, a)
+		if err == nil {
+			err = c.readResponse(u, limit)
+		}
+		if err == nil {
+			a.u = u
+			a.outcome.Status = c.resp.status
+			return
+		}
+		u.conn.Close()
+		// A reused connection the server closed while idle fails before any response byte: try once more on a new
+		// connection when the whole request can be sent again.
+		if reused && !redialled && !a.bodyRunning && (!c.hasBody() || body.complete) && retryable(err) {
+			if u, err = c.s.Pool.dial(ep); err != nil {
+				a.fail(err, 502, "connect failed")
+				a.outcome.ConnectFailure = true
+				return
+			}
+			redialled = true
+			continue
+		}
+		if a.bodyRunning {
+			c.stopBody()
+			a.bodyRunning = false
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			a.timedOut(t, perTry)
+			a.err = err
+			return
+		}
+		a.fail(err, 502, "upstream failed")
+		a.outcome.Reset = true
+		return
+	}
+}
+
+// send writes the request head upstream, then the body: at once when it is buffered, else by a relay goroutine
+// reading the client (a.bodyRunning).
+func (c *conn) send(u *upstream, t Target, body *replay, a *attempt) error {
+	writeRequestHead(u.bw, &c.req, t.RequestHeaders)
+	switch {
+	case !c.hasBody():
 		return u.bw.Flush()
+	case body.complete:
+		u.bw.Write(*body.buf) //nolint:errcheck // checked by Flush
+		return u.bw.Flush()
+	case body.partial:
+		u.bw.Write(*body.buf) //nolint:errcheck // checked by Flush
 	}
 	// Send the head at once: the server may answer 100 Continue, and starts work while the body streams.
 	if err := u.bw.Flush(); err != nil {
 		return err
 	}
-	*bodyRunning = true
+	a.bodyRunning, a.bodyRead = true, true
+	partial, pending, chunked, length := body.partial, body.pending, c.req.chunked, c.req.contentLength
 	go func() {
 		var err error
-		if c.req.chunked {
+		switch {
+		case partial:
+			err = copyChunkedRest(u.bw, c.br, pending)
+		case chunked:
 			err = copyChunked(u.bw, c.br)
-		} else {
-			err = copyN(u.bw, c.br, c.req.contentLength)
+		default:
+			err = copyN(u.bw, c.br, length)
 		}
 		if err == nil {
 			err = u.bw.Flush()
@@ -333,11 +438,12 @@ func (c *conn) stopBody() {
 	<-c.bodyCh                            //nolint:errcheck // the relay was interrupted on purpose; its error says only that
 }
 
-// readResponse reads the final response head, relaying interim (1xx) responses to the client.
-func (c *conn) readResponse(u *upstream, timeout time.Duration, start time.Time) error {
-	if timeout > 0 {
-		u.conn.SetReadDeadline(start.Add(timeout)) //nolint:errcheck // a failure shows up on the read
-		defer u.conn.SetReadDeadline(time.Time{})  //nolint:errcheck // as above
+// readResponse reads the final response head until deadline (zero: none), relaying interim (1xx) responses to the
+// client.
+func (c *conn) readResponse(u *upstream, deadline time.Time) error {
+	if !deadline.IsZero() {
+		u.conn.SetReadDeadline(deadline)          //nolint:errcheck // a failure shows up on the read
+		defer u.conn.SetReadDeadline(time.Time{}) //nolint:errcheck // as above
 	}
 	for {
 		if err := c.resp.readHead(u.br, false); err != nil {
@@ -349,7 +455,7 @@ func (c *conn) readResponse(u *upstream, timeout time.Duration, start time.Time)
 		if c.req.http10 {
 			continue // RFC 9110 §15.2: no interim responses to HTTP/1.0 clients
 		}
-		writeResponseHead(c.bw, &c.resp, false, false)
+		writeResponseHead(c.bw, &c.resp, false, false, nil)
 		if err := c.bw.Flush(); err != nil {
 			return err
 		}
@@ -365,14 +471,15 @@ func retryable(err error) bool {
 		isConnReset(err)
 }
 
-// relayResponse sends the response to the client and recycles the upstream connection when possible.
-func (c *conn) relayResponse(u *upstream, bodyRunning bool) bool {
+// relayResponse sends the response to the client (its header fields changed by mod) and recycles the upstream
+// connection when possible.
+func (c *conn) relayResponse(u *upstream, bodyRunning bool, mod *headers.Modifier) bool {
 	req, resp := &c.req, &c.resp
 	noBody := resp.status == 204 || resp.status == 304 || eqFold(c.req.bytes(req.first[0]), "head")
 	untilEOF := !noBody && !resp.chunked && resp.contentLength < 0
 	closeClient := req.connClose || req.http10 || untilEOF || resp.otherCoding || c.s.draining.Load()
 	upstreamOK := !resp.connClose && !resp.http10 && !untilEOF && !resp.otherCoding
-	writeResponseHead(c.bw, resp, closeClient, false)
+	writeResponseHead(c.bw, resp, closeClient, false, mod)
 	var err error
 	switch {
 	case noBody:
@@ -423,7 +530,7 @@ func (c *conn) relayResponse(u *upstream, bodyRunning bool) bool {
 }
 
 // tunnel relays a 101 Switching Protocols response and then bytes both ways until either side closes.
-func (c *conn) tunnel(u *upstream, bodyRunning bool) bool {
+func (c *conn) tunnel(u *upstream, bodyRunning bool, mod *headers.Modifier) bool {
 	if bodyRunning {
 		if err := <-c.bodyCh; err != nil {
 			c.nc.Close()
@@ -436,7 +543,7 @@ func (c *conn) tunnel(u *upstream, bodyRunning bool) bool {
 		c.localReply(502, "unsolicited protocol switch")
 		return false
 	}
-	writeResponseHead(c.bw, &c.resp, false, true)
+	writeResponseHead(c.bw, &c.resp, false, true, mod)
 	if n := u.br.Buffered(); n > 0 {
 		b, _ := u.br.Peek(n)
 		c.bw.Write(b) //nolint:errcheck // checked by Flush
@@ -449,17 +556,15 @@ func (c *conn) tunnel(u *upstream, bodyRunning bool) bool {
 	return false
 }
 
-// failed answers the client with a proxy error and reports the failure.
-func (c *conn) failed(t Target, start time.Time, code int, reason string, err error) bool {
+// reply answers the client with a proxy error and counts it.
+func (c *conn) reply(t Target, start time.Time, code int, reason string, err error) bool {
 	latency := c.s.now().Sub(start)
-	if t.Done != nil {
-		t.Done(balance.DoneInfo{Err: err, Latency: latency})
-	}
 	if t.Metrics != nil {
 		t.Metrics.Response(code, true, latency)
 	}
 	if c.s.log().Enabled(context.Background(), slog.LevelDebug) {
-		c.s.log().Debug("Request failed", "endpoint", t.Endpoint.Addr, "status", code, "error", err)
+		c.s.log().Debug("Request failed", "endpoint", t.Endpoint.HostPort, "status", code, "reason", reason,
+			"error", err)
 	}
 	c.localReply(code, reason)
 	return false
@@ -504,8 +609,9 @@ func statusLine(code int) string {
 	return "500 Internal Server Error"
 }
 
-// writeRequestHead writes the request line and end-to-end fields, re-adding the hop-by-hop fields this hop needs.
-func writeRequestHead(w *bufio.Writer, m *message) {
+// writeRequestHead writes the request line and end-to-end fields changed by mod, re-adding the hop-by-hop fields
+// this hop needs.
+func writeRequestHead(w *bufio.Writer, m *message, mod *headers.Modifier) {
 	w.Write(m.bytes(m.first[0])) //nolint:errcheck // checked by Flush
 	w.WriteByte(' ')             //nolint:errcheck // checked by Flush
 	w.Write(m.bytes(m.first[1])) //nolint:errcheck // checked by Flush
@@ -513,7 +619,7 @@ func writeRequestHead(w *bufio.Writer, m *message) {
 	w.Write(m.bytes(m.first[2])) //nolint:errcheck // checked by Flush
 	w.WriteString("\r\n")        //nolint:errcheck // checked by Flush
 	upgrade := m.connUpgrade && m.upgrade
-	writeFields(w, m, upgrade)
+	writeFields(w, m, upgrade, mod)
 	if m.teTrailers {
 		w.WriteString("te: trailers\r\n") //nolint:errcheck // checked by Flush
 	}
@@ -523,16 +629,16 @@ func writeRequestHead(w *bufio.Writer, m *message) {
 	w.WriteString("\r\n") //nolint:errcheck // checked by Flush
 }
 
-// writeResponseHead writes the status line and end-to-end fields; closing adds Connection: close, upgrade keeps the
-// Upgrade field and adds Connection: upgrade.
-func writeResponseHead(w *bufio.Writer, m *message, closing, upgrade bool) {
+// writeResponseHead writes the status line and end-to-end fields changed by mod; closing adds Connection: close,
+// upgrade keeps the Upgrade field and adds Connection: upgrade.
+func writeResponseHead(w *bufio.Writer, m *message, closing, upgrade bool, mod *headers.Modifier) {
 	w.Write(m.bytes(m.first[0])) //nolint:errcheck // checked by Flush
 	w.WriteByte(' ')             //nolint:errcheck // checked by Flush
 	w.Write(m.bytes(m.first[1])) //nolint:errcheck // checked by Flush
 	w.WriteByte(' ')             //nolint:errcheck // checked by Flush
 	w.Write(m.bytes(m.first[2])) //nolint:errcheck // checked by Flush
 	w.WriteString("\r\n")        //nolint:errcheck // checked by Flush
-	writeFields(w, m, upgrade)
+	writeFields(w, m, upgrade, mod)
 	switch {
 	case upgrade:
 		w.WriteString("connection: upgrade\r\n") //nolint:errcheck // checked by Flush
@@ -542,15 +648,26 @@ func writeResponseHead(w *bufio.Writer, m *message, closing, upgrade bool) {
 	w.WriteString("\r\n") //nolint:errcheck // checked by Flush
 }
 
-func writeFields(w *bufio.Writer, m *message, keepUpgrade bool) {
+func writeFields(w *bufio.Writer, m *message, keepUpgrade bool, mod *headers.Modifier) {
 	for i := range m.headers {
 		h := &m.headers[i]
 		if h.hop && (!keepUpgrade || !eqFold(m.bytes(h.name), "upgrade")) {
+			continue
+		}
+		if mod != nil && mod.Drops(m.bytes(h.name)) {
 			continue
 		}
 		w.Write(m.bytes(h.name))  //nolint:errcheck // checked by Flush
 		w.WriteString(": ")       //nolint:errcheck // checked by Flush
 		w.Write(m.bytes(h.value)) //nolint:errcheck // checked by Flush
 		w.WriteString("\r\n")     //nolint:errcheck // checked by Flush
+	}
+	if mod != nil {
+		for _, f := range mod.Set {
+			writeField(w, f.Name, f.Value)
+		}
+		for _, f := range mod.Add {
+			writeField(w, f.Name, f.Value)
+		}
 	}
 }

@@ -24,21 +24,40 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trellis-mesh/trellis/proxy/balance"
+	"github.com/trellis-mesh/trellis/proxy/circuit"
+	"github.com/trellis-mesh/trellis/proxy/headers"
 	"github.com/trellis-mesh/trellis/proxy/metrics"
 	"github.com/trellis-mesh/trellis/proxy/mtls"
+	"github.com/trellis-mesh/trellis/proxy/retry"
 )
 
 // Target says where one stream goes.
 type Target struct {
-	// Endpoint receives the stream when Status is 0.
+	// Endpoint receives the stream (its first attempt) when Status is 0.
 	Endpoint *balance.Endpoint
-	// Done, when set, is called once with the outcome.
+	// Done, when set, is called once with the outcome of the attempt sent to Endpoint: Err for no response, Failed
+	// for a 5xx or a gRPC server error (for a gRPC response whose status is in its trailers, after the body),
+	// Canceled when the client went away, Latency the time to the response headers.
 	Done func(balance.DoneInfo)
-	// Timeout bounds the time to the response headers; 0 means none.
+	// Timeout bounds the time from the request to its final response headers, retries included; 0 means none. On
+	// expiry the client gets 504 (gRPC: DEADLINE_EXCEEDED) with trellis-proxy-error
+	// "request timed out after <Timeout>".
 	Timeout time.Duration
+	// Retry decides which failed attempts are retried, how often and after which backoff, within its budget; it also
+	// sets the per-try timeout and how much of a request body is kept for replay. Nil: one attempt.
+	Retry *retry.Plan
+	// Picker chooses the endpoint of each retry (the backend's Picker). Nil: no retry.
+	Picker balance.Picker
+	// RequestHeaders and ResponseHeaders change the forwarded request's and the relayed response's header fields.
+	// Nil changes nothing.
+	RequestHeaders, ResponseHeaders *headers.Modifier
+	// Breaker bounds the service's requests in flight (a stream may wait for a slot until Timeout); a stream it
+	// refuses gets 503 (gRPC: UNAVAILABLE). Nil: unlimited.
+	Breaker *circuit.Breaker
 	// Metrics records the stream; nil records nothing.
 	Metrics *metrics.Route
 	// Status, when non-zero, answers locally with this status instead of forwarding (gRPC requests get the matching
@@ -335,7 +354,7 @@ func isGRPC(r *http.Request) bool {
 	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
 }
 
-// ServeHTTP forwards one stream.
+// ServeHTTP forwards one stream, retrying failed attempts as the target's retry plan allows.
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	router, ok := r.Context().Value(routerKey{}).(Router)
@@ -351,58 +370,215 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.local(w, r, t, start, t.Status, t.Reason)
 		return
 	}
-	ctx := r.Context()
+	var deadline time.Time
 	if t.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, t.Timeout)
-		defer cancel()
+		deadline = start.Add(t.Timeout)
+	}
+	if t.Breaker != nil {
+		if err := t.Breaker.Acquire(deadline, r.Context().Done()); err != nil {
+			if t.Done != nil {
+				t.Done(balance.DoneInfo{Canceled: true})
+			}
+			h.local(w, r, t, start, 503, err.Error())
+			return
+		}
+		defer t.Breaker.Release()
+	}
+	plan := t.Retry
+	if plan != nil {
+		plan.Budget.Deposit()
+	}
+	t.RequestHeaders.Apply(r.Header)
+	var body *replayBody
+	if plan != nil && t.Picker != nil && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		body = &replayBody{src: r.Body, limit: plan.MaxBodyBytes}
+	}
+	ep, done := t.Endpoint, t.Done
+	for n := 0; ; n++ {
+		a := h.try(r, t, ep, body, deadline)
+		now := time.Now()
+		again, delay := false, time.Duration(0)
+		if plan != nil && t.Picker != nil && !a.canceled {
+			left := retry.NoDeadline
+			if !deadline.IsZero() {
+				left = deadline.Sub(now)
+			}
+			replayable := r.ContentLength == 0 || (body != nil && body.replayable())
+			delay, again = plan.Decide(r.Method, n, a.outcome, replayable, left)
+		}
+		if done != nil && (again || !a.grpcTrailers) {
+			done(a.doneInfo(now.Sub(a.start)))
+			done = nil
+		}
+		if !again {
+			h.finish(w, r, t, a, start, done)
+			return
+		}
+		a.abandon()
+		if delay > 0 {
+			timer := time.NewTimer(delay)
+			select {
+			case <-timer.C:
+			case <-r.Context().Done():
+				timer.Stop()
+				if t.Metrics != nil {
+					t.Metrics.Response(a.answer(), true, time.Since(start))
+				}
+				return
+			}
+		}
+		var err error
+		if ep, done, err = t.Picker.Pick(); err != nil {
+			done(balance.DoneInfo{Err: err})
+			h.local(w, r, t, start, 503, "no endpoints")
+			return
+		}
+	}
+}
+
+// attempt is one try of a stream.
+type attempt struct {
+	start        time.Time
+	latency      time.Duration // to the response headers
+	resp         *http.Response
+	cancel       context.CancelFunc
+	body         *attemptBody
+	err          error  // no response: why
+	code         int    // no response: the status the client gets
+	reason       string // no response: the trellis-proxy-error text
+	outcome      retry.Outcome
+	canceled     bool // the client went away
+	grpcTrailers bool // a gRPC response whose status comes in its trailers
+}
+
+// answer returns the status the client gets (or would have got) for the attempt.
+func (a *attempt) answer() int {
+	if a.resp != nil {
+		return a.resp.StatusCode
+	}
+	return a.code
+}
+
+// doneInfo reports the attempt to the balancer.
+func (a *attempt) doneInfo(latency time.Duration) balance.DoneInfo {
+	switch {
+	case a.canceled:
+		return balance.DoneInfo{Canceled: true, Latency: latency}
+	case a.err != nil:
+		return balance.DoneInfo{Err: a.err, Latency: latency}
+	}
+	return balance.DoneInfo{Failed: a.outcome.Failure(), Latency: latency}
+}
+
+// abandon ends an attempt that is retried.
+func (a *attempt) abandon() {
+	if a.resp != nil {
+		a.resp.Body.Close()
+	}
+	if a.body != nil {
+		a.body.Close() //nolint:errcheck // never fails
+	}
+	a.cancel()
+}
+
+// try sends one attempt of r to ep and waits for its response headers until the request's deadline or the per-try
+// timeout, whichever comes first.
+func (h *handler) try(r *http.Request, t Target, ep *balance.Endpoint, body *replayBody, deadline time.Time) *attempt {
+	a := &attempt{start: time.Now()}
+	limit, perTry := deadline, false
+	if t.Retry != nil && t.Retry.PerTryTimeout > 0 {
+		if d := a.start.Add(t.Retry.PerTryTimeout); limit.IsZero() || d.Before(limit) {
+			limit, perTry = d, true
+		}
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	a.cancel = cancel
+	var timer *time.Timer
+	var fired atomic.Bool
+	if !limit.IsZero() {
+		timer = time.AfterFunc(time.Until(limit), func() { fired.Store(true); cancel() })
 	}
 	out := r.WithContext(ctx)
-	out.URL = &url.URL{Scheme: "http", Host: t.Endpoint.HostPort, Path: r.URL.Path, RawPath: r.URL.RawPath,
+	out.URL = &url.URL{Scheme: "http", Host: ep.HostPort, Path: r.URL.Path, RawPath: r.URL.RawPath,
 		RawQuery: r.URL.RawQuery}
 	out.RequestURI = ""
 	out.Close = false
-	if r.ContentLength == 0 {
+	switch {
+	case r.ContentLength == 0:
 		out.Body = nil
+	case body != nil:
+		a.body = body.attempt()
+		out.Body = a.body
 	}
 	rt := h.s.transport
-	mesh := t.Endpoint.Identity != "" && h.s.mesh != nil
+	mesh := ep.Identity != "" && h.s.mesh != nil
 	switch {
 	case mesh:
 		// The client spoke HTTP/2: the header must not make the server's proxy think otherwise.
 		delete(out.Header, mtls.OrigProtoHeader)
-		rt, out.URL.Scheme, out.URL.Host = h.s.mesh, "https", h.s.meshHost(t.Endpoint)
+		rt, out.URL.Scheme, out.URL.Host = h.s.mesh, "https", h.s.meshHost(ep)
 	case t.HTTP1:
 		rt = h.s.http1
 	}
 	resp, err := rt.RoundTrip(out)
-	if err != nil {
-		code, reason := UpstreamFailure(err, mesh)
-		if h.s.log.Enabled(r.Context(), slog.LevelDebug) {
-			h.s.log.Debug("Stream failed", "endpoint", t.Endpoint.HostPort, "identity", t.Endpoint.Identity,
-				"status", code, "error", err)
+	if timer != nil && !timer.Stop() && err == nil {
+		// The deadline passed as the headers arrived: the stream is canceled already.
+		resp.Body.Close()
+		resp, err = nil, context.DeadlineExceeded
+	}
+	if err == nil {
+		a.resp, a.latency = resp, time.Since(a.start)
+		a.outcome.Status = resp.StatusCode
+		if st := resp.Header.Get("Grpc-Status"); st != "" {
+			a.outcome.GRPCStatus, _ = strconv.Atoi(st)
+		} else if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/grpc") {
+			a.grpcTrailers = true
 		}
-		if t.Done != nil {
-			t.Done(balance.DoneInfo{Err: err, Latency: time.Since(start)})
+		return a
+	}
+	cancel()
+	if a.body != nil {
+		a.body.Close() //nolint:errcheck // never fails
+	}
+	a.err = err
+	if h.s.log.Enabled(r.Context(), slog.LevelDebug) {
+		h.s.log.Debug("Stream failed", "endpoint", ep.HostPort, "identity", ep.Identity, "error", err)
+	}
+	switch {
+	case r.Context().Err() != nil:
+		a.canceled, a.code, a.reason = true, 502, "client went away"
+	case fired.Load():
+		a.code, a.outcome.Timeout = 504, true
+		if perTry {
+			a.reason = "request attempt timed out after " + t.Retry.PerTryTimeout.String() + " (per-try timeout)"
+		} else {
+			a.reason = "request timed out after " + t.Timeout.String()
 		}
-		if r.Context().Err() != nil {
-			// The client went away; there is nobody to answer.
-			if t.Metrics != nil {
-				t.Metrics.Response(code, true, time.Since(start))
-			}
-			return
+	default:
+		a.code, a.reason = UpstreamFailure(err, mesh)
+		a.outcome.ConnectFailure, a.outcome.RefusedStream = ConnectFailure(err), RefusedStream(err)
+		a.outcome.Reset = !a.outcome.ConnectFailure && !a.outcome.RefusedStream
+	}
+	return a
+}
+
+// finish answers the client with the final attempt: the relayed response, or the proxy's error. done, when not nil,
+// is called after the response body (a gRPC response whose status is in its trailers).
+func (h *handler) finish(w http.ResponseWriter, r *http.Request, t Target, a *attempt, start time.Time,
+	done func(balance.DoneInfo)) {
+	defer a.cancel()
+	if a.err != nil {
+		if !a.canceled {
+			h.local(w, r, Target{}, start, a.code, a.reason)
 		}
-		h.local(w, r, Target{}, start, code, reason)
 		if t.Metrics != nil {
-			t.Metrics.Response(code, true, time.Since(start))
+			t.Metrics.Response(a.code, true, time.Since(start))
 		}
 		return
 	}
+	resp := a.resp
 	defer resp.Body.Close()
 	latency := time.Since(start)
-	if t.Done != nil {
-		t.Done(balance.DoneInfo{Latency: latency})
-	}
 	if t.HTTP1 {
 		RemoveHopByHop(resp.Header)
 	}
@@ -410,18 +586,32 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for k, v := range resp.Header {
 		hdr[k] = v
 	}
+	t.ResponseHeaders.Apply(hdr)
 	// Announce the trailers the upstream declared (net/http moves them from the Trailer field to resp.Trailer's
 	// keys): the response then never gets a computed Content-Length, and the next hop knows trailers follow.
 	for k := range resp.Trailer {
 		hdr.Add("Trailer", k)
 	}
 	w.WriteHeader(resp.StatusCode)
-	err = h.copyBody(w, resp.Body)
+	err := h.copyBody(w, resp.Body)
 	for k, v := range resp.Trailer {
 		hdr[http.TrailerPrefix+k] = v
 	}
 	if t.Metrics != nil {
 		t.Metrics.Response(resp.StatusCode, failed(resp), latency)
+	}
+	if done != nil {
+		d := balance.DoneInfo{Latency: a.latency}
+		code, _ := strconv.Atoi(resp.Trailer.Get("Grpc-Status"))
+		switch {
+		case r.Context().Err() != nil:
+			d.Canceled = true
+		case err != nil && !errors.Is(err, io.EOF):
+			d.Err = err
+		default:
+			d.Failed = retry.GRPCFailure(code)
+		}
+		done(d)
 	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		// The upstream stream broke (reset, GOAWAY without retry, timeout): reset the client stream too rather than
@@ -486,6 +676,24 @@ func UpstreamFailure(err error, mesh bool) (code int, reason string) {
 		return 504, "response timeout"
 	}
 	return 502, "upstream failed"
+}
+
+// ConnectFailure reports whether a round trip failed because no connection to the endpoint could be established
+// (dial error, mesh TLS handshake failure): the request was not sent.
+func ConnectFailure(err error) bool {
+	var he *mtls.HandshakeError
+	if errors.As(err, &he) {
+		return true
+	}
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// RefusedStream reports whether the server refused the stream without processing it: RST_STREAM with
+// REFUSED_STREAM, or a graceful GOAWAY before the stream was sent (net/http reports both only through their text).
+func RefusedStream(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "REFUSED_STREAM") || strings.Contains(s, "graceful shutdown GOAWAY")
 }
 
 var meshFailures = map[string]string{}

@@ -15,9 +15,10 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxyconfig"
 	"github.com/trellis-mesh/trellis/proxy/authz"
 	"github.com/trellis-mesh/trellis/proxy/balance"
-	"github.com/trellis-mesh/trellis/proxy/balance/random"
-	"github.com/trellis-mesh/trellis/proxy/balance/roundrobin"
+	"github.com/trellis-mesh/trellis/proxy/circuit"
+	"github.com/trellis-mesh/trellis/proxy/headers"
 	"github.com/trellis-mesh/trellis/proxy/metrics"
+	"github.com/trellis-mesh/trellis/proxy/retry"
 )
 
 // Snapshot is one compiled configuration. It is never modified after Compile returns; requests keep using the
@@ -54,6 +55,8 @@ type Service struct {
 	Default *Route
 	// TCP records the service's outbound TCP connections to endpoints without mesh TLS.
 	TCP *metrics.TCP
+	// Breaker holds the service's circuit-breaking limits and counts (shared with other snapshots of the service).
+	Breaker *circuit.Breaker
 
 	meshTCP map[string]*metrics.TCP // by endpoint identity, when mesh TLS is on
 }
@@ -62,8 +65,13 @@ type Service struct {
 type Route struct {
 	// Name is the route's name (the metrics "route" label).
 	Name string
-	// Timeout bounds the time to response headers; 0 means none.
+	// Timeout bounds the time from the request to its response headers, retries included; 0 means none.
 	Timeout time.Duration
+	// Retry says which failed attempts are retried, within the service's retry budget. Never nil: a route without a
+	// retry policy retries connect failures and refused streams only.
+	Retry *retry.Plan
+	// RequestHeaders and ResponseHeaders are the route's header modifiers; nil changes nothing.
+	RequestHeaders, ResponseHeaders *headers.Modifier
 	// Metrics records the route's requests and responses to endpoints without mesh TLS.
 	Metrics *metrics.Route
 
@@ -82,6 +90,9 @@ type Backend struct {
 	Picker balance.Picker
 	// Endpoints are the backend's endpoints.
 	Endpoints []*balance.Endpoint
+	// Unresolved, when not empty, says why the backend does not exist: requests sent to it fail with 500 and this
+	// reason.
+	Unresolved string
 }
 
 // InboundPort is a compiled inbound port.
@@ -250,7 +261,10 @@ func pathPrefix(path, prefix string) bool {
 type Options struct {
 	// Metrics provides the per-service and per-route recorders. Required.
 	Metrics *metrics.Metrics
-	// RandN returns a number in [0, n) for weighted backend choice and random balancing. Default math/rand/v2.Uint64N.
+	// Traffic holds the balancers, failure accrual, retry budgets and circuit breakers that outlive snapshots. Create
+	// one per proxy and pass it to every Compile. Default: a new one (state then does not survive the snapshot).
+	Traffic *Traffic
+	// RandN returns a number in [0, n) for weighted backend choice. Default math/rand/v2.Uint64N.
 	RandN func(n uint64) uint64
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
@@ -276,6 +290,9 @@ func Compile(l *proxyconfig.Loaded, o Options) (*Snapshot, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Traffic == nil {
+		o.Traffic = NewTraffic(TrafficOptions{})
+	}
 	c := l.Config
 	d := c.Defaults
 	s := &Snapshot{
@@ -285,14 +302,8 @@ func Compile(l *proxyconfig.Loaded, o Options) (*Snapshot, error) {
 		HTTPIdleTimeout: d.HTTPIdleTimeout.Duration, DefaultPolicy: c.Inbound.DefaultPolicy,
 		services: map[netip.AddrPort]*Service{}, inbound: map[uint16]*InboundPort{}, opaque: map[uint16]bool{},
 	}
-	build := roundrobin.New
-	if d.LoadBalancer == proxyconfig.LoadBalancerRandom {
-		build = func(eps []*balance.Endpoint) balance.Picker {
-			return random.NewWithRand(eps, func(n int) int { return int(o.RandN(uint64(n))) })
-		}
-	}
 	for i := range c.Services {
-		svc, err := compileService(&c.Services[i], c, d, build, o)
+		svc, err := compileService(&c.Services[i], c, d, o)
 		if err != nil {
 			return nil, fmt.Errorf("services[%d]: %w", i, err)
 		}
@@ -315,12 +326,23 @@ func Compile(l *proxyconfig.Loaded, o Options) (*Snapshot, error) {
 	return s, nil
 }
 
-func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconfig.Defaults, build balance.Builder,
-	o Options) (*Service, error) {
+func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconfig.Defaults, o Options) (*Service,
+	error) {
+	st, err := o.Traffic.service(cs, d)
+	if err != nil {
+		return nil, err
+	}
 	svc := &Service{
 		Name: cs.Name, Namespace: cs.Namespace, Opaque: cs.Protocol == proxyconfig.ProtocolOpaque,
 		Authority: fmt.Sprintf("%s.%s.svc.%s:%d", cs.Name, cs.Namespace, c.ClusterDomain, cs.Port),
+		Breaker:   st.breaker,
 	}
+	st.breaker.SetCounters(circuit.Counters{
+		Pending: o.Metrics.Rejected(cs.Namespace, cs.Name, "maxPendingRequests"),
+		Wait:    o.Metrics.Rejected(cs.Namespace, cs.Name, "maxRequests"),
+		Conn:    o.Metrics.Rejected(cs.Namespace, cs.Name, "maxConnections"),
+	})
+	build := st.accrual.Build
 	svc.TCP = o.Metrics.TCP(metrics.TCPLabels{Direction: metrics.Outbound, TLS: "false",
 		DstNamespace: cs.Namespace, DstService: cs.Name})
 	backends := map[string]*Backend{}
@@ -331,7 +353,8 @@ func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconf
 		for _, e := range b.Endpoints {
 			eps = append(eps, balance.NewEndpoint(netip.MustParseAddrPort(e.Address), e.Identity, e.Zone))
 		}
-		cb := &Backend{Name: b.Name, Namespace: b.Namespace, Picker: build(eps), Endpoints: eps}
+		cb := &Backend{Name: b.Name, Namespace: b.Namespace, Picker: build(eps), Endpoints: eps,
+			Unresolved: b.Unresolved}
 		backends[b.Name] = cb
 		all = append(all, cb)
 		weights = append(weights, *b.Weight)
@@ -345,8 +368,18 @@ func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconf
 				DstNamespace: cs.Namespace, DstService: cs.Name, ServerID: id})
 		}
 	}
-	newRoute := func(name string, timeout time.Duration, bs []*Backend, ws []int32) *Route {
-		rt := &Route{Name: name, Timeout: timeout, backends: bs, randN: o.RandN}
+	newRoute := func(name string, timeout time.Duration, rp *proxyconfig.RetryPolicy, bs []*Backend,
+		ws []int32) (*Route, error) {
+		plan, err := compileRetry(rp, st.budget, o.Traffic.o.Int64N, retry.Counters{
+			Attempted:       o.Metrics.RetryCounter(cs.Namespace, cs.Name, name, retry.ResultAttempted),
+			BudgetExhausted: o.Metrics.RetryCounter(cs.Namespace, cs.Name, name, retry.ResultBudgetExhausted),
+			NotRetryable:    o.Metrics.RetryCounter(cs.Namespace, cs.Name, name, retry.ResultNotRetryable),
+			LimitReached:    o.Metrics.RetryCounter(cs.Namespace, cs.Name, name, retry.ResultLimitReached),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("route %q: %w", name, err)
+		}
+		rt := &Route{Name: name, Timeout: timeout, Retry: plan, backends: bs, randN: o.RandN}
 		var sum uint64
 		for _, w := range ws {
 			sum += uint64(w)
@@ -364,9 +397,11 @@ func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconf
 				rt.meshMetrics[id] = o.Metrics.Route(l)
 			}
 		}
-		return rt
+		return rt, nil
 	}
-	svc.Default = newRoute("", d.RequestTimeout.Duration, all, weights)
+	if svc.Default, err = newRoute("", d.RequestTimeout.Duration, nil, all, weights); err != nil {
+		return nil, err
+	}
 	for _, r := range cs.Routes {
 		bs, ws := all, weights
 		if len(r.Backends) > 0 {
@@ -380,7 +415,11 @@ func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconf
 		if r.Timeout != nil {
 			timeout = r.Timeout.Duration
 		}
-		rt := newRoute(r.Name, timeout, bs, ws)
+		rt, err := newRoute(r.Name, timeout, r.Retry, bs, ws)
+		if err != nil {
+			return nil, err
+		}
+		rt.RequestHeaders, rt.ResponseHeaders = modifier(r.RequestHeaders), modifier(r.ResponseHeaders)
 		for _, m := range r.Matches {
 			cm, err := compileMatch(m)
 			if err != nil {
@@ -391,6 +430,52 @@ func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconf
 		svc.Routes = append(svc.Routes, rt)
 	}
 	return svc, nil
+}
+
+// DefaultConnectRetries is how many times a request of a route without a retry policy is retried after a connect
+// failure or a refused stream (on another pick, within the retry budget).
+const DefaultConnectRetries = 2
+
+// compileRetry returns the retry plan of a route with policy rp (nil: connect failures and refused streams only).
+func compileRetry(rp *proxyconfig.RetryPolicy, budget *retry.Budget, int64n func(int64) int64,
+	counters retry.Counters) (*retry.Plan, error) {
+	plan := &retry.Plan{Budget: budget, Backoff: retry.Backoff{Int64N: int64n}, Attempts: DefaultConnectRetries,
+		Counters: counters}
+	if rp == nil {
+		p, err := retry.NewPolicy(nil, retry.PolicyOptions{})
+		plan.Policy = p
+		return plan, err
+	}
+	p, err := retry.NewPolicy(rp.RetryOn, retry.PolicyOptions{RetryNonIdempotent: rp.NonIdempotent})
+	if err != nil {
+		return nil, err
+	}
+	plan.Policy, plan.Attempts = p, int(*rp.Attempts)
+	if rp.PerTryTimeout != nil {
+		plan.PerTryTimeout = rp.PerTryTimeout.Duration
+	}
+	if rp.Backoff != nil {
+		plan.Backoff.Base, plan.Backoff.Max = rp.Backoff.Base.Duration, rp.Backoff.Max.Duration
+	}
+	if rp.MaxBodyBytes != nil {
+		plan.MaxBodyBytes = int(*rp.MaxBodyBytes)
+	}
+	return plan, nil
+}
+
+// modifier compiles a header modifier of the document (nil for none).
+func modifier(m *proxyconfig.HeaderModifier) *headers.Modifier {
+	if m == nil {
+		return nil
+	}
+	conv := func(in []proxyconfig.HeaderValue) []headers.Field {
+		out := make([]headers.Field, len(in))
+		for i, h := range in {
+			out[i] = headers.Field{Name: h.Name, Value: h.Value}
+		}
+		return out
+	}
+	return headers.New(conv(m.Set), conv(m.Add), m.Remove)
 }
 
 // identities returns the distinct endpoint identities of backends.
