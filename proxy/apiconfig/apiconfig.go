@@ -115,7 +115,7 @@ type Source struct {
 	o Options
 	c *client
 
-	// startRV, when set, makes the first watch of every name start from this resource version without listing
+	// startRV, when set, makes the first watch of the first name start from this resource version without listing
 	// (tests: an expired version must lead to a new list).
 	startRV string
 }
@@ -346,7 +346,10 @@ func (s *Source) watchName(ctx context.Context, index int, updates chan<- update
 			return false
 		}
 	}
-	rv := s.startRV
+	rv := ""
+	if index == 0 {
+		rv = s.startRV
+	}
 	var backoff time.Duration
 	failed := false
 	for ctx.Err() == nil {
