@@ -44,6 +44,7 @@ type harness struct {
 	p       *Proxy
 	store   *snapshot.Store
 	metrics *metrics.Metrics
+	traffic *snapshot.Traffic // balancers, failure accrual, budgets and breakers, shared by every compilation
 	watcher *reload.Watcher
 	dir     string
 	out, in string // listener addresses
@@ -74,11 +75,13 @@ func newHarnessWith(t testing.TB, doc string, mutate func(*Options)) *harness {
 // options.
 func newMeshHarness(t testing.TB, doc string, creds mtls.Credentials, mutate func(*Options)) *harness {
 	t.Helper()
-	h := &harness{t: t, metrics: metrics.New(), store: &snapshot.Store{}, dir: t.TempDir()}
+	h := &harness{t: t, metrics: metrics.New(), store: &snapshot.Store{}, dir: t.TempDir(),
+		traffic: snapshot.NewTraffic(snapshot.TrafficOptions{})}
+	h.metrics.SetOutboundSource(h.traffic.Stats)
 	h.watcher = &reload.Watcher{Dir: h.dir, Interval: 5 * time.Millisecond, Store: h.store, Metrics: h.metrics,
 		Log: testLog,
 		Compile: func(l *proxyconfig.Loaded) (*snapshot.Snapshot, error) {
-			return snapshot.Compile(l, snapshot.Options{Metrics: h.metrics, MeshTLS: creds != nil})
+			return snapshot.Compile(l, snapshot.Options{Metrics: h.metrics, MeshTLS: creds != nil, Traffic: h.traffic})
 		}}
 	h.writeConfig(doc)
 	if _, err := h.watcher.Reload(); err != nil {

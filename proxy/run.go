@@ -178,8 +178,12 @@ func Run(ctx context.Context, o RunOptions) error {
 		return err
 	}
 	store := &snapshot.Store{}
+	// Balancers, failure accrual, retry budgets and circuit breakers live as long as the proxy: every snapshot
+	// compiles its pickers from them, so per-endpoint state survives reloads.
+	traffic := snapshot.NewTraffic(snapshot.TrafficOptions{})
+	m.SetOutboundSource(traffic.Stats)
 	sources, err := o.newConfigSources(store, snapshot.Options{Metrics: m, MeshTLS: creds != nil,
-		OpaquePorts: o.OpaquePorts})
+		OpaquePorts: o.OpaquePorts, Traffic: traffic})
 	if err != nil {
 		closeListeners(o.OutboundListener, o.InboundListener, o.AdminListener)
 		return err
