@@ -329,7 +329,9 @@ const (
 	PolicyAllUnauthenticated = "all-unauthenticated"
 	// PolicyAllAuthenticated allows every client with a mesh identity.
 	PolicyAllAuthenticated = "all-authenticated"
-	// PolicyClusterAuthenticated allows clients with a mesh identity of this cluster's trust domain.
+	// PolicyClusterAuthenticated allows clients with a mesh identity of this cluster's trust domain, and clients
+	// without a mesh identity whose address is in the cluster networks (the proxy's --cluster-networks, by default
+	// the RFC 1918 ranges and fc00::/7).
 	PolicyClusterAuthenticated = "cluster-authenticated"
 	// PolicyDeny allows no client (kubelet probes stay allowed).
 	PolicyDeny = "deny"
@@ -368,13 +370,15 @@ type InboundRoute struct {
 type Authorization struct {
 	// Name labels the authorization in metrics and logs. Required.
 	Name string `json:"name"`
-	// Identities are SPIFFE IDs allowed; "*" allows any authenticated client. Default empty.
+	// Identities are SPIFFE IDs allowed; one ending in "*" allows the IDs it prefixes
+	// ("spiffe://cluster.local/ns/shop/*"), and "*" any authenticated client. Default empty.
 	Identities []string `json:"identities,omitempty"`
 	// ServiceAccounts are allowed ServiceAccounts (resolved to SPIFFE IDs with the trust domain). Default empty.
 	ServiceAccounts []ServiceAccountRef `json:"serviceAccounts,omitempty"`
 	// Namespaces allow any authenticated client from these namespaces. Default empty.
 	Namespaces []string `json:"namespaces,omitempty"`
-	// Unauthenticated allows clients without a mesh identity, optionally only from Networks. Default false.
+	// Unauthenticated allows clients whether or not they have a mesh identity (none is required), optionally only
+	// from Networks. Default false.
 	Unauthenticated bool `json:"unauthenticated,omitempty"`
 	// Networks restricts this authorization to client addresses in these CIDRs. Default empty: any address.
 	Networks []string `json:"networks,omitempty"`
