@@ -52,7 +52,7 @@ proxy-apt: ## Install the Debian packages the proxy's tests need (curl, haproxy,
 proxy-peers: proxy-apt $(FORTIO) $(H2SPEC) $(INTEROP_CLIENT) $(INTEROP_SERVER) ## Install the proxy's real test peers: apt packages and pinned Go tools in bin/.
 
 .PHONY: test-proxy
-test-proxy: proxy-peers ## Test the proxy with the race detector and real peers: curl, grpc-go interop, h2spec, mesh TLS and rotation, netns interception (root).
+test-proxy: proxy-peers k8s-test-bins ## Test the proxy with the race detector and real peers: curl, grpc-go interop, h2spec, mesh TLS and rotation, the API config source on a real kube-apiserver, netns interception (root).
 	PATH=$(BIN):$$PATH:/usr/sbin:/sbin $(GO) test -race -count=1 -timeout $(PROXY_TEST_TIMEOUT) $(PROXY_TEST_FLAGS) $(PROXY_TEST_PKGS)
 
 .PHONY: bench-proxy
