@@ -73,3 +73,4 @@ fuzz-proxy: ## Run each proxy fuzz target for FUZZ_TIME (default 30s).
 	$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZ_TIME) ./proxy/detect/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadHead$$' -fuzztime $(FUZZ_TIME) ./proxy/h1/
 	$(GO) test -run '^$$' -fuzz '^FuzzIsMeshHello$$' -fuzztime $(FUZZ_TIME) ./proxy/mtls/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLabels$$' -fuzztime $(FUZZ_TIME) ./proxy/reload/

@@ -284,3 +284,26 @@ func gather(t *testing.T, m *metrics.Metrics) string {
 	}
 	return b.String()
 }
+
+// FuzzParseLabels checks that whatever ParseLabels accepts, written back the way the kubelet writes labels, reads
+// back the same.
+func FuzzParseLabels(f *testing.F) {
+	f.Add([]byte("app=\"web\"\ntier=\"a \\\"b\\\"\""))
+	f.Add([]byte("k=\"\\u00e9\\n\""))
+	f.Add([]byte("=\"x\"\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		labels, err := ParseLabels(data)
+		if err != nil {
+			return
+		}
+		keys := slices.Sorted(maps.Keys(labels))
+		var b strings.Builder
+		for _, k := range keys {
+			fmt.Fprintf(&b, "%s=%q\n", k, labels[k])
+		}
+		again, err := ParseLabels([]byte(b.String()))
+		if err != nil || !maps.Equal(again, labels) {
+			t.Fatalf("%q → %v → %q → %v, %v", data, labels, b.String(), again, err)
+		}
+	})
+}
