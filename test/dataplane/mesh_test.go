@@ -334,7 +334,7 @@ func TestMeshInterception(t *testing.T) {
 		// Pod A's proxy forwards a destination it does not know as plain TCP.
 		out, err := curl(e.pod, "-i", "http://"+meshPodB+":9090/plain")
 		if err != nil || !strings.HasPrefix(out, "HTTP/1.1 403") ||
-			!strings.Contains(out, "trellis-deny-reason: client is not authenticated") {
+			!strings.Contains(out, "trellis-deny-reason: default:all-authenticated: client is not authenticated") {
 			t.Fatalf("got %q, %v", out, err)
 		}
 	})
@@ -358,8 +358,8 @@ func TestMeshInterception(t *testing.T) {
 			{a, `tcp_open_total{client_id="",direction="outbound",dst_namespace="shop",dst_service="db",server_id="` + idB + `",tls="true"} 1`},
 			{b, `request_total{authority="` + meshClusterIP + `",client_id="` + idA + `",direction="inbound"`},
 			{b, `tcp_open_total{client_id="` + idA + `",direction="inbound",dst_namespace="",dst_service="",server_id="",tls="true"} 2`},
-			{b, `inbound_http_authz_deny_total{client_id="",route="",rule="default:all-authenticated",target_port="9090",tls="false"} 1`},
-			{b, `inbound_http_authz_allow_total{client_id="",route="",rule="probe",target_port="9091",tls="false"} 1`},
+			{b, `inbound_http_authz_deny_total{authority="` + meshPodB + `:9090",client_id="",route="",rule="default:all-authenticated",target_port="9090",tls="false"} 1`},
+			{b, `inbound_http_authz_allow_total{authority="` + meshPodB + `:9091",client_id="",route="",rule="probe",target_port="9091",tls="false"} 1`},
 			{b, `mtls_handshake_total{direction="inbound",result="success"} 2`},
 			{b, `identity_cert_refresh_total{result="success"} 1`},
 			{b, "identity_cert_expiration_timestamp_seconds "},
