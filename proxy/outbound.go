@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"syscall"
 	"time"
 
 	"github.com/trellis-mesh/trellis/proxy/balance"
@@ -16,6 +17,9 @@ import (
 	"github.com/trellis-mesh/trellis/proxy/snapshot"
 	"github.com/trellis-mesh/trellis/proxy/tcp"
 )
+
+// retryPicks is how many picks a connect retry makes to find another endpoint than the one that refused.
+const retryPicks = 3
 
 // outboundRouter routes the requests of one outbound connection.
 type outboundRouter struct {
@@ -113,8 +117,14 @@ func (p *Proxy) forwardService(c *countedConn, br *bufio.Reader, svc *snapshot.S
 	}
 	plan := svc.Default.Retry
 	plan.Budget.Deposit()
+	var failed netip.AddrPort
+	var failedDone func(balance.DoneInfo) // reported after the next pick, which then leans away from the endpoint
+	var failure balance.DoneInfo
 	for n := 0; ; n++ {
-		ep, done, err := be.Picker.Pick()
+		ep, done, err := balance.PickExcept(be.Picker, failed, retryPicks)
+		if failedDone != nil {
+			failedDone(failure)
+		}
 		if err != nil {
 			done(balance.DoneInfo{Err: err})
 			c.Close()
@@ -124,13 +134,14 @@ func (p *Proxy) forwardService(c *countedConn, br *bufio.Reader, svc *snapshot.S
 		up, err := p.o.Connector.Connect(context.Background(), ep)
 		connected := time.Since(start)
 		if err != nil {
-			done(balance.DoneInfo{Err: err, Latency: connected})
 			p.o.Log.Debug("TCP connect failed", "endpoint", ep.HostPort, "identity", ep.Identity, "error", err)
 			if delay, again := plan.Decide("", n, retry.Outcome{ConnectFailure: true}, true,
 				retry.NoDeadline); again {
+				failed, failedDone, failure = ep.Addr, done, balance.DoneInfo{Err: err, Latency: connected}
 				time.Sleep(delay)
 				continue
 			}
+			done(balance.DoneInfo{Err: err, Latency: connected})
 			c.setClass(svc.TCPFor(ep.Identity))
 			c.Close()
 			return err
@@ -140,6 +151,15 @@ func (p *Proxy) forwardService(c *countedConn, br *bufio.Reader, svc *snapshot.S
 		done(balance.DoneInfo{Latency: connected})
 		return err
 	}
+}
+
+// SyscallConn exposes the client connection's descriptor, so that the HTTP/1 relay can tell whether the client is
+// still there.
+func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.ErrUnsupported
 }
 
 // relayTCP relays bytes both ways between c and up until both ends close; br, when set, holds bytes already read

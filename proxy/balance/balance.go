@@ -68,5 +68,18 @@ type Builder func(endpoints []*Endpoint) Picker
 // ErrNoEndpoints is returned by Pick when the backend has no endpoint to send to.
 var ErrNoEndpoints = errors.New("no endpoints available")
 
+// PickExcept picks with p up to tries times until it gets an endpoint whose address is not avoid, for a retry that
+// should not go back to the endpoint that just failed. Discarded picks are reported Canceled (neutral); the last pick
+// is returned whatever it is, so a backend with one endpoint still serves the retry.
+func PickExcept(p Picker, avoid netip.AddrPort, tries int) (*Endpoint, func(DoneInfo), error) {
+	for i := 1; ; i++ {
+		ep, done, err := p.Pick()
+		if err != nil || ep.Addr != avoid || i >= tries {
+			return ep, done, err
+		}
+		done(DoneInfo{Canceled: true})
+	}
+}
+
 // NoopDone is a done callback for pickers that keep no accounting.
 func NoopDone(DoneInfo) {}

@@ -13,6 +13,9 @@ import (
 	"github.com/trellis-mesh/trellis/proxy/retry"
 )
 
+// retryPicks is how many picks a retry makes to find another endpoint than the one that just failed.
+const retryPicks = 3
+
 // attempt is one try of a request: the endpoint's answer or the failure, as the retry decision and the client see
 // it.
 type attempt struct {
@@ -26,6 +29,7 @@ type attempt struct {
 	outcome     retry.Outcome
 	bodyRunning bool // plain path: a goroutine relays the request body from the client
 	bodyRead    bool // the part of the request body not buffered was (perhaps partly) read from the client
+	canceled    bool // no response, and the client has gone away: the attempt says nothing about the endpoint
 }
 
 func (a *attempt) fail(err error, code int, reason string) {
@@ -45,6 +49,9 @@ func (a *attempt) timedOut(t Target, perTry bool) {
 
 // doneInfo reports the attempt to the balancer: no response is an error, a failing status a failure.
 func (a *attempt) doneInfo(latency time.Duration) balance.DoneInfo {
+	if a.canceled {
+		return balance.DoneInfo{Canceled: true, Latency: latency}
+	}
 	if a.err != nil {
 		return balance.DoneInfo{Err: a.err, Latency: latency}
 	}

@@ -256,10 +256,10 @@ func (c *conn) serve(router Router) bool {
 		t.Metrics.Request()
 	}
 	if t.Status != 0 {
-		c.localReply(t.Status, t.Reason)
 		if t.Metrics != nil {
 			t.Metrics.Response(t.Status, t.Status >= 500, c.s.now().Sub(start))
 		}
+		c.localReply(t.Status, t.Reason)
 		return false
 	}
 	return c.forward(t, start)
@@ -305,11 +305,13 @@ func (c *conn) forward(t Target, start time.Time) (keep bool) {
 	for n := 0; ; n++ {
 		var a attempt
 		c.try(&a, t, ep, &body, deadline)
-		now := c.s.now()
-		if done != nil {
-			done(a.doneInfo(now.Sub(a.start)))
+		if a.err != nil && c.br.Buffered() == 0 && peerClosed(c.nc) {
+			a.canceled = true // nobody waits for an answer: no retry either
 		}
-		if plan == nil || t.Picker == nil {
+		now := c.s.now()
+		info := a.doneInfo(now.Sub(a.start))
+		if plan == nil || t.Picker == nil || a.canceled {
+			report(done, info)
 			return c.finish(t, &a, start)
 		}
 		left := retry.NoDeadline
@@ -318,17 +320,29 @@ func (c *conn) forward(t Target, start time.Time) (keep bool) {
 		}
 		delay, again := plan.Decide(method, n, a.outcome, body.replayable(c, &a), left)
 		if !again {
+			report(done, info)
 			return c.finish(t, &a, start)
 		}
 		c.abandon(&a)
 		if delay > 0 {
 			time.Sleep(delay)
 		}
-		var err error
-		if ep, done, err = t.Picker.Pick(); err != nil {
-			done(balance.DoneInfo{Err: err})
+		// The failed attempt is reported after the retry's pick: the endpoint still counts it as in flight, so the
+		// pick leans away from it.
+		next, nextDone, err := balance.PickExcept(t.Picker, ep.Addr, retryPicks)
+		report(done, info)
+		if err != nil {
+			nextDone(balance.DoneInfo{Err: err})
 			return c.reply(t, start, 503, "no endpoints", err)
 		}
+		ep, done = next, nextDone
+	}
+}
+
+// report calls a picker's done callback, if any.
+func report(done func(balance.DoneInfo), d balance.DoneInfo) {
+	if done != nil {
+		done(d)
 	}
 }
 

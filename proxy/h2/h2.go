@@ -406,11 +406,12 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			replayable := r.ContentLength == 0 || (body != nil && body.replayable())
 			delay, again = plan.Decide(r.Method, n, a.outcome, replayable, left)
 		}
-		if done != nil && (again || !a.grpcTrailers) {
-			done(a.doneInfo(now.Sub(a.start)))
-			done = nil
-		}
+		info := a.doneInfo(now.Sub(a.start))
 		if !again {
+			if done != nil && !a.grpcTrailers {
+				done(info)
+				done = nil
+			}
 			h.finish(w, r, t, a, start, done)
 			return
 		}
@@ -421,18 +422,27 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			case <-timer.C:
 			case <-r.Context().Done():
 				timer.Stop()
+				if done != nil {
+					done(info)
+				}
 				if t.Metrics != nil {
 					t.Metrics.Response(a.answer(), true, time.Since(start))
 				}
 				return
 			}
 		}
-		var err error
-		if ep, done, err = t.Picker.Pick(); err != nil {
-			done(balance.DoneInfo{Err: err})
+		// The failed attempt is reported after the retry's pick: the endpoint still counts it as in flight, so the
+		// pick leans away from it.
+		next, nextDone, err := balance.PickExcept(t.Picker, ep.Addr, retryPicks)
+		if done != nil {
+			done(info)
+		}
+		if err != nil {
+			nextDone(balance.DoneInfo{Err: err})
 			h.local(w, r, t, start, 503, "no endpoints")
 			return
 		}
+		ep, done = next, nextDone
 	}
 }
 
@@ -723,6 +733,9 @@ func RemoveHopByHop(h http.Header) {
 // local answers without forwarding; gRPC clients get a trailers-only response carrying the matching grpc-status.
 // A 403 carries trellis-deny-reason with the reason.
 func (h *handler) local(w http.ResponseWriter, r *http.Request, t Target, start time.Time, code int, reason string) {
+	if t.Metrics != nil {
+		t.Metrics.Response(code, code >= 500, time.Since(start))
+	}
 	hdr := w.Header()
 	if code == 403 {
 		hdr.Set("Trellis-Proxy-Error", "unauthorized")
@@ -741,8 +754,5 @@ func (h *handler) local(w http.ResponseWriter, r *http.Request, t Target, start 
 		w.WriteHeader(200)
 	} else {
 		w.WriteHeader(code)
-	}
-	if t.Metrics != nil {
-		t.Metrics.Response(code, code >= 500, time.Since(start))
 	}
 }

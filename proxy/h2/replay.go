@@ -7,6 +7,9 @@ import (
 	"sync/atomic"
 )
 
+// retryPicks is how many picks a retry makes to find another endpoint than the one that just failed.
+const retryPicks = 3
+
 // replayBody is a stream's request body shared by its attempts: what the attempts read from the client is kept, up
 // to limit bytes, so that a later attempt reads it again before reading on. A request can be sent again as long as
 // everything read from the client is kept. The first attempt streams without waiting for the body: nothing is
