@@ -515,3 +515,55 @@ func BenchmarkProxyHTTP(b *testing.B) {
 		}
 	}
 }
+
+// TestClientGoneIsNeutral checks that an attempt that gets no response while the client has gone away is reported
+// to the balancer as Canceled, not as the endpoint's failure.
+func TestClientGoneIsNeutral(t *testing.T) {
+	hole, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := hole.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	})
+	t.Cleanup(func() {
+		hole.Close()
+		wg.Wait()
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	outcome := make(chan balance.DoneInfo, 1)
+	addr, _ := startProxy(t, hole.Addr().String(), func(tgt *Target) {
+		tgt.Timeout = 300 * time.Millisecond
+		tgt.Done = func(d balance.DoneInfo) { outcome <- d }
+	})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	select {
+	case d := <-outcome:
+		if !d.Canceled || d.Failure() {
+			t.Errorf("outcome %+v, want Canceled", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no outcome reported")
+	}
+}

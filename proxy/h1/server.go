@@ -445,6 +445,34 @@ func (c *conn) send(u *upstream, t Target, body *replay, a *attempt) error {
 	return nil
 }
 
+// bodyGrace is how long a relayed response waits for the request body relay to report its end: the relay has
+// usually sent the whole body already (the server answered after reading it) and only has to be scheduled.
+const bodyGrace = 100 * time.Millisecond
+
+// awaitBody waits up to bodyGrace for the request body relay to end and returns its error; finished is false when it
+// is still running (waiting for the client).
+func (c *conn) awaitBody() (err error, finished bool) {
+	select {
+	case err = <-c.bodyCh:
+		return err, true
+	default:
+	}
+	runtime.Gosched()
+	select {
+	case err = <-c.bodyCh:
+		return err, true
+	default:
+	}
+	t := time.NewTimer(bodyGrace)
+	defer t.Stop()
+	select {
+	case err = <-c.bodyCh:
+		return err, true
+	case <-t.C:
+		return nil, false
+	}
+}
+
 // stopBody interrupts a body relay that may be waiting for the client and waits for it to end. The client
 // connection cannot carry another request afterwards.
 func (c *conn) stopBody() {
@@ -508,25 +536,16 @@ func (c *conn) relayResponse(u *upstream, bodyRunning bool, mod *headers.Modifie
 		err = ferr
 	}
 	if bodyRunning {
-		select {
-		case berr := <-c.bodyCh:
-			if berr != nil {
-				closeClient, upstreamOK = true, false
-			}
-		default:
-			runtime.Gosched()
-			select {
-			case berr := <-c.bodyCh:
-				if berr != nil {
-					closeClient, upstreamOK = true, false
-				}
-			default:
-				// The server answered before the client finished its body (for example a refused 100-continue):
-				// neither connection is in a known state any more.
-				u.conn.Close()
-				c.stopBody()
-				return false
-			}
+		berr, finished := c.awaitBody()
+		if !finished {
+			// The server answered before the client finished its body (for example a refused 100-continue):
+			// neither connection is in a known state any more.
+			u.conn.Close()
+			c.stopBody()
+			return false
+		}
+		if berr != nil {
+			closeClient, upstreamOK = true, false
 		}
 	}
 	if err != nil {

@@ -486,7 +486,7 @@ func (a *attempt) abandon() {
 		a.resp.Body.Close()
 	}
 	if a.body != nil {
-		a.body.Close() //nolint:errcheck // never fails
+		a.body.Close()
 	}
 	a.cancel()
 }
@@ -548,7 +548,7 @@ func (h *handler) try(r *http.Request, t Target, ep *balance.Endpoint, body *rep
 	}
 	cancel()
 	if a.body != nil {
-		a.body.Close() //nolint:errcheck // never fails
+		a.body.Close()
 	}
 	a.err = err
 	if h.s.log.Enabled(r.Context(), slog.LevelDebug) {

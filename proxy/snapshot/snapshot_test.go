@@ -3,8 +3,10 @@ package snapshot
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/proxyconfig"
+	"github.com/trellis-mesh/trellis/proxy/balance"
 	"github.com/trellis-mesh/trellis/proxy/metrics"
 )
 
@@ -127,6 +129,7 @@ func BenchmarkRoute(b *testing.B) {
 	for b.Loop() {
 		rt := svc.Route(r)
 		be := rt.Backend()
-		_, _, _ = be.Picker.Pick()
+		_, done, _ := be.Picker.Pick()
+		done(balance.DoneInfo{Latency: time.Millisecond})
 	}
 }
