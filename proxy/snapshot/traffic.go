@@ -122,10 +122,10 @@ func (t *Traffic) inner(lb string) balance.Builder {
 	return t.ewma.Build
 }
 
-// service returns the lasting state of a service port, made or updated for the document's settings. A change of
+// service returns (a copy of) the lasting state of a service port, made or updated for the document's settings. A change of
 // balancer or failure-accrual settings starts the service's accrual state afresh (endpoint latency, kept by the
 // shared builders, stays); a change of budget settings starts a new budget; limits change in place.
-func (t *Traffic) service(cs *proxyconfig.Service, d *proxyconfig.Defaults) (*serviceState, error) {
+func (t *Traffic) service(cs *proxyconfig.Service, d *proxyconfig.Defaults) (serviceState, error) {
 	lb := cmp.Or(cs.LoadBalancer, d.LoadBalancer)
 	fa := d.FailureAccrual
 	if cs.FailureAccrual != nil {
@@ -167,11 +167,11 @@ func (t *Traffic) service(cs *proxyconfig.Service, d *proxyconfig.Defaults) (*se
 		b, err := retry.NewBudget(retry.BudgetOptions{Ratio: bs.ratio, MinPerSecond: bs.minPerSecond, TTL: bs.ttl,
 			Now: t.o.Now})
 		if err != nil {
-			return nil, err
+			return serviceState{}, err
 		}
 		st.budgetOpts, st.budget = bs, b
 	}
-	return st, nil
+	return *st, nil
 }
 
 // sweepLocked forgets services that no Compile has included for Retain. Snapshots still in use keep their own
