@@ -49,9 +49,15 @@ const (
 	// ReasonIdentityMismatch means the CSR asks for an identity other than the token's ServiceAccount identity,
 	// another trust domain included (403).
 	ReasonIdentityMismatch Reason = "IdentityMismatch"
+	// ReasonNodeNotAuthorized means a node proxy's token asks for the identity of a ServiceAccount that has no pod
+	// served by the node proxy (labelled mesh.trellis.io/proxy=node, not finished) on the token's node, or the token
+	// names no node (403).
+	ReasonNodeNotAuthorized Reason = "NodeNotAuthorized"
 
 	// ReasonTokenReviewFailed means the TokenReview API could not be called (503; retry).
 	ReasonTokenReviewFailed Reason = "TokenReviewFailed"
+	// ReasonNodeLookupFailed means the pods of a node proxy's node could not be read from the API (503; retry).
+	ReasonNodeLookupFailed Reason = "NodeLookupFailed"
 	// ReasonIssuerUnavailable means the identity issuer Secret has not been loaded (missing or invalid) (503).
 	ReasonIssuerUnavailable Reason = "IssuerUnavailable"
 	// ReasonIssuerNotYetValid means the issuer certificate's NotBefore is in the future (503).
@@ -82,12 +88,13 @@ func (r Reason) HTTPStatus() int {
 		return http.StatusOK
 	case ReasonMissingToken, ReasonInvalidToken, ReasonWrongAudience, ReasonTokenExpired, ReasonTokenRevoked:
 		return http.StatusUnauthorized
-	case ReasonNotServiceAccount, ReasonIdentityMismatch:
+	case ReasonNotServiceAccount, ReasonIdentityMismatch, ReasonNodeNotAuthorized:
 		return http.StatusForbidden
 	case ReasonMalformedRequest, ReasonMalformedCSR, ReasonBadCSRSignature, ReasonWeakKey, ReasonMissingSAN,
 		ReasonExtraSAN, ReasonInvalidSPIFFEID:
 		return http.StatusBadRequest
-	case ReasonTokenReviewFailed, ReasonIssuerUnavailable, ReasonIssuerNotYetValid, ReasonIssuerExpired:
+	case ReasonTokenReviewFailed, ReasonNodeLookupFailed, ReasonIssuerUnavailable, ReasonIssuerNotYetValid,
+		ReasonIssuerExpired:
 		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError

@@ -38,6 +38,14 @@ const (
 	LabelProxy = "mesh.trellis.io/proxy"
 	// ProxySidecar is LabelProxy's value on pods with an injected proxy.
 	ProxySidecar = "sidecar"
+	// ProxyNode is LabelProxy's value on pods the node proxy serves (Mesh spec.proxy.mode DaemonSet).
+	ProxyNode = "node"
+	// AnnotationInboundProbePorts lists (in the Ports text form, "8080,9000-9010") the container ports the kubelet
+	// probes, on pods the node proxy serves: inbound traffic to them is always authorized.
+	AnnotationInboundProbePorts = "mesh.trellis.io/inbound-probe-ports"
+	// AnnotationProxyOpaquePorts lists the pod's opaque ports as the injector resolved them, on pods the node proxy
+	// serves (sidecars get them in TRELLIS_PROXY_OPAQUE_PORTS).
+	AnnotationProxyOpaquePorts = "mesh.trellis.io/opaque-ports"
 )
 
 // Names of the objects the manager writes into every meshed namespace.

@@ -46,13 +46,21 @@ func (s *Server) certify(ctx context.Context, token string, csrPEM []byte) ([]by
 	if err != nil {
 		return nil, err
 	}
-	sa, err := s.authenticate(ctx, token)
+	sa, user, err := s.authenticate(ctx, token)
 	if err != nil {
 		return nil, err
 	}
 	if requested != sa {
-		return nil, identity.Errorf(identity.ReasonIdentityMismatch,
-			"csr asks for %s but the token belongs to %s", requested, sa)
+		if !s.isNodeProxy(sa) {
+			return nil, identity.Errorf(identity.ReasonIdentityMismatch,
+				"csr asks for %s but the token belongs to %s", requested, sa)
+		}
+		node, err := s.authorizeNode(ctx, user, requested)
+		if err != nil {
+			return nil, err
+		}
+		s.log.V(1).Info("Node proxy may hold the identity of a pod on its node", "node", node,
+			"identity", requested.String(), "nodeProxy", sa.String())
 	}
 	iss := s.issuer.Load()
 	if iss == nil {
@@ -65,42 +73,42 @@ func (s *Server) certify(ctx context.Context, token string, csrPEM []byte) ([]by
 	if !now.Before(iss.cert.NotAfter) {
 		return nil, identity.Errorf(identity.ReasonIssuerExpired, "identity issuer expired at %s", iss.cert.NotAfter.UTC())
 	}
-	leaf, err := s.sign(iss, csr, sa, now)
+	leaf, err := s.sign(iss, csr, requested, now)
 	if err != nil {
 		return nil, identity.Errorf(identity.ReasonSigningFailed, "signing failed: %v", err)
 	}
-	s.log.Info("Issued certificate", "identity", sa.String(), "serial", leaf.SerialNumber.Text(16),
+	s.log.Info("Issued certificate", "identity", requested.String(), "serial", leaf.SerialNumber.Text(16),
 		"notAfter", leaf.NotAfter.UTC())
 	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw}), iss.chain...), nil
 }
 
 // authenticate asks the TokenReview API who token belongs to, for the service's audience, and returns that
-// ServiceAccount's SPIFFE ID.
-func (s *Server) authenticate(ctx context.Context, token string) (spiffe.ID, error) {
+// ServiceAccount's SPIFFE ID and the authenticated user.
+func (s *Server) authenticate(ctx context.Context, token string) (spiffe.ID, authenticationv1.UserInfo, error) {
 	review, err := s.reviewer.Create(ctx, &authenticationv1.TokenReview{
 		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{s.opts.Audience}},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return spiffe.ID{}, identity.Errorf(identity.ReasonTokenReviewFailed, "TokenReview failed: %v", err)
+		return spiffe.ID{}, authenticationv1.UserInfo{}, identity.Errorf(identity.ReasonTokenReviewFailed, "TokenReview failed: %v", err)
 	}
 	st := review.Status
 	if !st.Authenticated {
-		return spiffe.ID{}, identity.Errorf(classifyUnauthenticated(st.Error), "token not authenticated: %s", orUnknown(st.Error))
+		return spiffe.ID{}, authenticationv1.UserInfo{}, identity.Errorf(classifyUnauthenticated(st.Error), "token not authenticated: %s", orUnknown(st.Error))
 	}
 	// An audience-aware API server echoes the audiences it checked; one that does not may have ignored them.
 	if !slices.Contains(st.Audiences, s.opts.Audience) {
-		return spiffe.ID{}, identity.Errorf(identity.ReasonWrongAudience,
+		return spiffe.ID{}, authenticationv1.UserInfo{}, identity.Errorf(identity.ReasonWrongAudience,
 			"the API server did not confirm audience %q (got %q)", s.opts.Audience, st.Audiences)
 	}
 	ns, name, ok := serviceAccountFromUsername(st.User.Username)
 	if !ok {
-		return spiffe.ID{}, identity.Errorf(identity.ReasonNotServiceAccount, "token belongs to %q, not a ServiceAccount", st.User.Username)
+		return spiffe.ID{}, authenticationv1.UserInfo{}, identity.Errorf(identity.ReasonNotServiceAccount, "token belongs to %q, not a ServiceAccount", st.User.Username)
 	}
 	id, err := spiffe.FromServiceAccount(s.opts.TrustDomain, ns, name)
 	if err != nil {
-		return spiffe.ID{}, identity.Errorf(identity.ReasonNotServiceAccount, "ServiceAccount %s/%s: %v", ns, name, err)
+		return spiffe.ID{}, authenticationv1.UserInfo{}, identity.Errorf(identity.ReasonNotServiceAccount, "ServiceAccount %s/%s: %v", ns, name, err)
 	}
-	return id, nil
+	return id, st.User, nil
 }
 
 // classifyUnauthenticated maps the TokenReview status error of a refused token to a Reason. The texts are those of

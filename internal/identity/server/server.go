@@ -107,6 +107,10 @@ type Options struct {
 	Recorder events.EventRecorder
 	// Logger receives logs. Default: logr.Discard().
 	Logger logr.Logger
+	// NodeProxy is the ServiceAccount of the mesh's node proxies (DaemonSet mode). Its tokens may obtain the
+	// certificate of any ServiceAccount that has a pod served by the node proxy (labelled mesh.trellis.io/proxy=node,
+	// not finished) on the node the token is bound to; see docs/identity.md. Zero disables this delegation.
+	NodeProxy types.NamespacedName
 }
 
 // Server is the identity service. It implements manager.Runnable and manager.LeaderElectionRunnable.
@@ -133,6 +137,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Client == nil && opts.TokenReviewer == nil {
 		return nil, errors.New("identity server: Client is required")
+	}
+	if opts.NodeProxy.Name != "" && opts.Client == nil {
+		return nil, errors.New("identity server: Client is required to authorize node proxies")
 	}
 	if opts.Audience == "" {
 		opts.Audience = identity.Audience
