@@ -6,13 +6,17 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/redirect"
 	"github.com/trellis-mesh/trellis/internal/wellknown"
@@ -38,6 +42,8 @@ type options struct {
 	proxyUID                               uint
 	skipInbound, skipOutbound, ignoredNets string
 	dryRun, remove, list                   bool
+	await                                  bool
+	awaitTimeout                           time.Duration
 }
 
 // newBackendFunc makes the backend for a mode in the current network namespace.
@@ -51,6 +57,9 @@ func run(args []string, lookupEnv func(string) (string, bool), stdout, stderr io
 	if err != nil {
 		fmt.Fprintf(stderr, "proxy-init: %v\n", err)
 		return exitUsage
+	}
+	if o.await {
+		return await(o, stdout, stderr)
 	}
 	backend, err := newBackend(redirect.Mode(o.mode), "")
 	if err != nil {
@@ -91,6 +100,8 @@ func parse(args []string, lookupEnv func(string) (string, bool), stderr io.Write
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Print the rules that would be installed (or removed) and change nothing.")
 	fs.BoolVar(&o.remove, "remove", false, "Remove every rule proxy-init installed instead of installing.")
 	fs.BoolVar(&o.list, "list", false, "Print the installed rules and change nothing; exit 1 when there are none.")
+	fs.BoolVar(&o.await, "await-node-proxy", false, "Install nothing: wait until the node proxy (DaemonSet mode) accepts on 127.0.0.1 at the outbound and inbound ports in this network namespace, then exit 0; exit 1 after --await-timeout.")
+	fs.DurationVar(&o.awaitTimeout, "await-timeout", redirect.DefaultAwaitTimeout, "How long --await-node-proxy waits.")
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
@@ -180,5 +191,35 @@ func remove(o options, b redirect.Backend, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	fmt.Fprintf(stdout, "Removed the redirect rules (mode %s).\n", o.mode)
+	return 0
+}
+
+// await waits for the node proxy's listeners in the pod's network namespace (DaemonSet mode), so that the pod's
+// other containers start only once their traffic can be carried.
+func await(o options, stdout, stderr io.Writer) int {
+	var addrs []string
+	for _, p := range []struct {
+		flag  string
+		value uint
+	}{{"--outbound-port", o.outboundPort}, {"--inbound-port", o.inboundPort}} {
+		if p.value == 0 || p.value > math.MaxUint16 {
+			fmt.Fprintf(stderr, "proxy-init: %s: %d is not a port (1-65535)\n", p.flag, p.value)
+			return exitUsage
+		}
+		addrs = append(addrs, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(p.value))))
+	}
+	if o.awaitTimeout <= 0 {
+		fmt.Fprintf(stderr, "proxy-init: --await-timeout: %v is not a positive duration\n", o.awaitTimeout)
+		return exitUsage
+	}
+	start := time.Now()
+	if err := redirect.AwaitListeners(context.Background(), addrs, o.awaitTimeout, 100*time.Millisecond, nil); err != nil {
+		fmt.Fprintf(stderr, "proxy-init: the node proxy does not serve this pod: %v. The Trellis node proxy (the Mesh's "+
+			"DaemonSet <mesh>-node-proxy in the control-plane namespace) must run on this pod's node and hold a "+
+			"certificate for the pod's ServiceAccount: see its pods' logs and its GET /pods on the admin port\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(stdout, "The node proxy serves this pod: %s accept (after %s).\n", strings.Join(addrs, " and "),
+		time.Since(start).Round(time.Millisecond))
 	return 0
 }

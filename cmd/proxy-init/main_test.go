@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/redirect"
 )
@@ -18,7 +19,8 @@ func env(vars map[string]string) func(string) (string, bool) {
 }
 
 func TestParse(t *testing.T) {
-	defaults := options{mode: "nftables", outboundPort: 4140, inboundPort: 4143, adminPort: 4191, proxyUID: 2102}
+	defaults := options{mode: "nftables", outboundPort: 4140, inboundPort: 4143, adminPort: 4191, proxyUID: 2102,
+		awaitTimeout: redirect.DefaultAwaitTimeout}
 	for _, tc := range []struct {
 		name    string
 		args    []string
@@ -29,11 +31,11 @@ func TestParse(t *testing.T) {
 		{name: "defaults", want: func(*options) {}},
 		{name: "every flag", args: []string{"--mode=iptables", "--outbound-port=5140", "--inbound-port=5143",
 			"--admin-port=5191", "--proxy-uid=1000", "--skip-inbound-ports=9000", "--skip-outbound-ports=25,8000-8100",
-			"--ignored-cidrs=10.0.0.0/8", "--dry-run", "--remove", "--list"},
+			"--ignored-cidrs=10.0.0.0/8", "--dry-run", "--remove", "--list", "--await-node-proxy", "--await-timeout=5s"},
 			want: func(o *options) {
 				*o = options{mode: "iptables", outboundPort: 5140, inboundPort: 5143, adminPort: 5191, proxyUID: 1000,
 					skipInbound: "9000", skipOutbound: "25,8000-8100", ignoredNets: "10.0.0.0/8", dryRun: true, remove: true,
-					list: true}
+					list: true, await: true, awaitTimeout: 5 * time.Second}
 			}},
 		{name: "environment", env: map[string]string{"TRELLIS_INIT_SKIP_OUTBOUND_PORTS": "5432",
 			"TRELLIS_INIT_PROXY_UID": "3000", "TRELLIS_INIT_DRY_RUN": "true", "TRELLIS_INIT_IGNORED_CIDRS": "fd00::/8"},
