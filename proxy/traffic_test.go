@@ -1100,3 +1100,76 @@ func TestAccrualSurvivesReload(t *testing.T) {
 		t.Errorf("%v connect failures after the reload: the ejection was forgotten", n)
 	}
 }
+
+// countingHealth answers every Check and counts them.
+type countingHealth struct {
+	healthpb.UnimplementedHealthServer
+	calls *atomic.Int64
+}
+
+func (s countingHealth) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	s.calls.Add(1)
+	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
+}
+
+// TestHTTP2BalancedPerRequest checks that requests multiplexed on one client connection are balanced one by one:
+// HTTP/2 requests and gRPC calls of a single connection reach every endpoint.
+func TestHTTP2BalancedPerRequest(t *testing.T) {
+	var backends []*countingBackend
+	var grpcCalls [3]atomic.Int64
+	var addrs, grpcAddrs []string
+	for i := range 3 {
+		b := okBackend(t, fmt.Sprint("b", i))
+		backends = append(backends, b)
+		addrs = append(addrs, b.addr)
+		ln := listen(t)
+		srv := grpc.NewServer()
+		healthpb.RegisterHealthServer(srv, countingHealth{calls: &grpcCalls[i]})
+		done := make(chan struct{})
+		go func() { defer close(done); _ = srv.Serve(ln) }()
+		t.Cleanup(func() { srv.Stop(); <-done })
+		grpcAddrs = append(grpcAddrs, ln.Addr().String())
+	}
+	h := newHarness(t, webConfig(t, "1", func(c *proxyconfig.Config, svc *proxyconfig.Service) {
+		c.Defaults.LoadBalancer = proxyconfig.LoadBalancerRoundRobin
+		svc.Backends = []proxyconfig.Backend{{Name: "web", Endpoints: endpoints(addrs...)}}
+		c.Services = append(c.Services, proxyconfig.Service{Name: "grpc", Namespace: "shop",
+			ClusterIPs: []string{opaqueIP.Addr().String()}, Port: int32(opaqueIP.Port()),
+			Backends: []proxyconfig.Backend{{Name: "grpc", Endpoints: endpoints(grpcAddrs...)}}})
+	}))
+	c := h2cClient(t)
+	for range 30 {
+		if code, _ := get(t, c, "http://"+h.out+"/"); code != 200 {
+			t.Fatalf("status %d", code)
+		}
+	}
+	for i, b := range backends {
+		if n := b.hits.Load(); n != 10 {
+			t.Errorf("HTTP/2 endpoint %d got %d of 30 requests, want 10 (round robin per request)", i, n)
+		}
+	}
+	if n := h.counter("tcp_open_total", map[string]string{"direction": "outbound", "dst_service": "web"}); n != 1 {
+		t.Errorf("%v client connections, want one", n)
+	}
+
+	h.setDst(opaqueIP)
+	cc, err := grpc.NewClient("passthrough:///"+h.out, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := healthpb.NewHealthClient(cc)
+	for range 30 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range grpcCalls {
+		if n := grpcCalls[i].Load(); n != 10 {
+			t.Errorf("gRPC endpoint %d got %d of 30 calls, want 10", i, n)
+		}
+	}
+}

@@ -64,7 +64,7 @@ bench-proxy: proxy-peers ## Benchmark direct vs Trellis proxy vs HAProxy (fortio
 	@echo "table written to .tmp/bench-proxy.md; copy it into docs/benchmarks.md"
 
 .PHONY: bench-proxy-go
-bench-proxy-go: ## Run the proxy's Go benchmarks (detection, TCP copy, HTTP path, picking) with allocation counts.
+bench-proxy-go: ## Run the proxy's Go benchmarks (detection, TCP copy, HTTP path with and without retry policies, wired picks, retry budget, circuit breaker) with allocation counts.
 	$(GO) test -run '^$$' -bench . -benchmem ./proxy/... ./internal/proxyconfig/...
 
 .PHONY: fuzz-proxy
