@@ -12,11 +12,19 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/identity/workload"
 	"github.com/trellis-mesh/trellis/proxy"
+	"github.com/trellis-mesh/trellis/proxy/node"
+	"github.com/trellis-mesh/trellis/proxy/node/netns"
 )
 
 func main() {
 	var o proxy.RunOptions
+	var no node.Options
 	fs := flag.NewFlagSet("proxy", flag.ExitOnError)
+	mode := fs.String("mode", "sidecar", "sidecar: serve the pod the proxy runs in; node: serve every meshed pod of the node (DaemonSet mode, see docs/daemonset-mode.md).")
+	fs.StringVar(&no.NodeName, "node-name", "", "Node mode: the node whose meshed pods are served (downward API spec.nodeName).")
+	fs.StringVar(&no.NetNSDir, "netns-dir", netns.DefaultDir, "Node mode: the folder of the pods' network namespace files (the container runtime's, mounted from the host).")
+	fs.StringVar(&no.ConfigNamespace, "config-namespace", "", "Node mode: namespace of the configuration ConfigMaps (default: --pod-namespace, the node proxy's own).")
+	fs.StringVar(&no.ConfigName, "config-name", "", "Node mode: name of the first configuration ConfigMap (default trellis-proxy-config).")
 	fs.StringVar(&o.OutboundAddr, "outbound-addr", ":4140", "Listen address for outbound (workload-initiated) traffic.")
 	fs.StringVar(&o.InboundAddr, "inbound-addr", ":4143", "Listen address for inbound traffic to the workload.")
 	fs.StringVar(&o.AdminAddr, "admin-addr", ":4191", "Listen address for /metrics, /ready, /live, /config, /shutdown.")
@@ -59,7 +67,17 @@ func main() {
 		os.Exit(2)
 	}
 	o.Log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	if err := proxy.Run(context.Background(), o); err != nil {
+	switch *mode {
+	case "sidecar":
+		err = proxy.Run(context.Background(), o)
+	case "node":
+		no.Proxy = o
+		err = node.Run(context.Background(), no)
+	default:
+		fmt.Fprintf(os.Stderr, "--mode %q: want sidecar or node\n", *mode)
+		os.Exit(2)
+	}
+	if err != nil {
 		o.Log.Error("Proxy failed", "error", err)
 		os.Exit(1)
 	}
