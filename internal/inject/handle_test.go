@@ -78,7 +78,7 @@ func TestHandle(t *testing.T) {
 		}), request(admissionv1.Create, "shop", podJSON), false, "trellis: pod not injected: mesh default is being deleted"},
 		{"daemonset mode", mesh(func(m *meshv1alpha1.Mesh) {
 			m.Spec.Proxy.Mode = meshv1alpha1.ProxyModeDaemonSet
-		}), request(admissionv1.Create, "shop", podJSON), false, ""},
+		}), request(admissionv1.Create, "shop", podJSON), true, ""},
 		{"no proxy image", mesh(func(*meshv1alpha1.Mesh) {}), request(admissionv1.Create, "shop", podJSON), false,
 			"trellis: pod not injected: injection parameters: no proxy image"},
 	} {

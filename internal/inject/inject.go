@@ -26,6 +26,8 @@ import (
 const (
 	// InitContainerName is the init container that installs the traffic redirect.
 	InitContainerName = "trellis-init"
+	// AwaitContainerName is the init container that, in DaemonSet mode, waits until the node proxy serves the pod.
+	AwaitContainerName = "trellis-await"
 	// ProxyContainerName is the proxy's container: a native sidecar or the first regular container.
 	ProxyContainerName = "trellis-proxy"
 	// InitCommand is proxy-init's path in its image.
@@ -138,6 +140,11 @@ func InjectPodSpec(meta *metav1.ObjectMeta, spec *corev1.PodSpec, p Params) (cha
 	if err := checkClashes(spec, p); err != nil {
 		return false, err
 	}
+	if p.NodeProxy {
+		annotateNodeProxy(meta, p, probePorts(spec))
+		spec.InitContainers = append([]corev1.Container{initContainer(p), awaitContainer(p)}, spec.InitContainers...)
+		return true, nil
+	}
 	firstApp := ""
 	if len(spec.Containers) > 0 {
 		firstApp = spec.Containers[0].Name
@@ -180,6 +187,56 @@ func annotate(meta *metav1.ObjectMeta, p Params, firstApp string) {
 		meta.Annotations[AnnotationDefaultContainer] = firstApp
 	}
 }
+
+// annotateNodeProxy marks a pod the node proxy serves, and tells the node proxy what a sidecar gets in its
+// environment: the ports the kubelet probes and the pod's opaque ports.
+func annotateNodeProxy(meta *metav1.ObjectMeta, p Params, probes Ports) {
+	if meta.Annotations == nil {
+		meta.Annotations = map[string]string{}
+	}
+	if meta.Labels == nil {
+		meta.Labels = map[string]string{}
+	}
+	meta.Annotations[wellknown.AnnotationInjected] = p.MeshName
+	meta.Annotations[wellknown.AnnotationInboundProbePorts] = probes.String()
+	meta.Annotations[wellknown.AnnotationProxyOpaquePorts] = p.OpaquePorts.String()
+	meta.Labels[wellknown.LabelProxy] = wellknown.ProxyNode
+}
+
+// awaitContainer is trellis-await (DaemonSet mode): proxy-init waiting until the node proxy accepts on the proxy
+// ports in the pod's network namespace, so that the pod's other init containers and its containers start only once
+// their traffic is carried. It needs no privilege.
+func awaitContainer(p Params) corev1.Container {
+	return corev1.Container{
+		Name:            AwaitContainerName,
+		Image:           p.InitImage,
+		ImagePullPolicy: p.PullPolicy,
+		Command:         []string{InitCommand},
+		Args: []string{
+			"--await-node-proxy",
+			fmt.Sprintf("--outbound-port=%d", p.OutboundPort),
+			fmt.Sprintf("--inbound-port=%d", p.InboundPort),
+			"--await-timeout=" + AwaitTimeout,
+		},
+		Resources:                *p.Resources.DeepCopy(),
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		SecurityContext: &corev1.SecurityContext{
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			RunAsUser:                ptr.To[int64](AwaitUID),
+			RunAsNonRoot:             ptr.To(true),
+			AllowPrivilegeEscalation: ptr.To(false),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}
+}
+
+// AwaitTimeout is how long trellis-await waits for the node proxy before it fails (and the kubelet restarts it,
+// or fails the pod of a Job that does not restart): as long as a sidecar's startup probe allows.
+const AwaitTimeout = "2m"
+
+// AwaitUID is the unprivileged user trellis-await runs as.
+const AwaitUID = 65532
 
 // initContainer is trellis-init: it installs the redirect with the capabilities that needs, and nothing more.
 func initContainer(p Params) corev1.Container {
@@ -354,8 +411,10 @@ func appendPort(ports []int32, c *corev1.Container, port intstr.IntOrString) []i
 
 // checkClashes refuses pods that already use a name or port the injection adds.
 func checkClashes(spec *corev1.PodSpec, p Params) error {
-	if hasContainer(spec.InitContainers, InitContainerName) || hasContainer(spec.Containers, InitContainerName) {
-		return fmt.Errorf("the pod already has a container named %s", InitContainerName)
+	for _, name := range []string{InitContainerName, AwaitContainerName} {
+		if hasContainer(spec.InitContainers, name) || hasContainer(spec.Containers, name) {
+			return fmt.Errorf("the pod already has a container named %s", name)
+		}
 	}
 	for _, v := range spec.Volumes {
 		if v.Name == ConfigVolumeName || v.Name == TrustVolumeName || v.Name == TokenVolumeName || v.Name == PodInfoVolumeName {

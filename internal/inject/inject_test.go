@@ -69,6 +69,9 @@ func golden(t *testing.T, name string, got []byte) {
 
 func classic(p Params) Params { p.NativeSidecar = false; return p }
 
+// nodeProxy is p in DaemonSet mode.
+func nodeProxy(p Params) Params { p.NodeProxy = true; return p }
+
 // customMesh is a Mesh that sets every proxy setting.
 func customMesh() *meshv1alpha1.Mesh {
 	return &meshv1alpha1.Mesh{
@@ -110,6 +113,9 @@ func TestInjectPodSpecGolden(t *testing.T) {
 		{"init-containers", "init-containers", DefaultParams(testImages)},
 		{"init-containers-classic", "init-containers", classic(DefaultParams(testImages))},
 		{"own-prometheus", "own-prometheus", DefaultParams(testImages)},
+		{"deployment-template-node", "deployment-template", nodeProxy(DefaultParams(testImages))},
+		{"job-node", "job", nodeProxy(DefaultParams(testImages))},
+		{"overrides-node", "overrides", nodeProxy(DefaultParams(testImages))},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			pod := readPod(t, tc.input)
@@ -121,7 +127,7 @@ func TestInjectPodSpecGolden(t *testing.T) {
 			golden(t, tc.golden, once)
 
 			// Injecting an injected pod changes nothing, whatever the parameters.
-			for _, p := range []Params{tc.params, classic(tc.params), ParamsFromMesh(customMesh(), testImages)} {
+			for _, p := range []Params{tc.params, classic(tc.params), nodeProxy(tc.params), ParamsFromMesh(customMesh(), testImages)} {
 				changed, err = InjectPodSpec(&pod.ObjectMeta, &pod.Spec, p)
 				if err != nil || changed {
 					t.Fatalf("second InjectPodSpec = %v, %v; want false, nil", changed, err)
@@ -208,6 +214,9 @@ func TestInjectPodSpecErrors(t *testing.T) {
 		{"app has a trellis-init container", app(func(p *corev1.PodTemplateSpec) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "trellis-init"}}
 		}), DefaultParams(testImages), "the pod already has a container named trellis-init"},
+		{"app has a trellis-await container (DaemonSet mode)", app(func(p *corev1.PodTemplateSpec) {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "trellis-await"})
+		}), nodeProxy(DefaultParams(testImages)), "the pod already has a container named trellis-await"},
 		{"no proxy image", annotated(), DefaultParams(Images{ProxyInit: "init"}), "injection parameters: no proxy image"},
 		{"no init image", annotated(), DefaultParams(Images{Proxy: "proxy"}), "injection parameters: no proxy-init image"},
 	} {
@@ -289,6 +298,11 @@ func TestParamsFromMesh(t *testing.T) {
 	off.Spec.Proxy.OpaquePorts = []int32{}
 	if p := ParamsFromMesh(off, testImages); p.NativeSidecar || len(p.OpaquePorts) != 0 {
 		t.Errorf("nativeSidecar false and opaquePorts [] gave NativeSidecar %v, OpaquePorts %v", p.NativeSidecar, p.OpaquePorts)
+	}
+	ds := customMesh()
+	ds.Spec.Proxy.Mode = meshv1alpha1.ProxyModeDaemonSet
+	if p := ParamsFromMesh(ds, testImages); !p.NodeProxy || custom.NodeProxy {
+		t.Errorf("mode DaemonSet gave NodeProxy %v, Sidecar %v", p.NodeProxy, custom.NodeProxy)
 	}
 }
 

@@ -87,6 +87,10 @@ type Params struct {
 	// ProxyUID is the user the proxy runs as; proxy-init exempts its traffic from redirection. Default:
 	// wellknown.ProxyUID (2102).
 	ProxyUID int64
+	// NodeProxy injects for the node proxy (Mesh spec.proxy.mode DaemonSet): the pod gets trellis-init and
+	// trellis-await, which holds its other containers until the node proxy serves it, and no proxy container.
+	// Default false: a proxy in the pod.
+	NodeProxy bool
 }
 
 // DefaultParams returns the parameters of a default Mesh named DefaultMeshName with the given images.
@@ -116,6 +120,7 @@ func ParamsFromMesh(mesh *meshv1alpha1.Mesh, images Images) Params {
 		TrustDomain:        mesh.Spec.TrustDomain,
 		IdentityAddr:       fmt.Sprintf("%s.%s.svc:%d", wellknown.IdentityServiceName, cp, wellknown.IdentityPort),
 		IdentityServerName: fmt.Sprintf("%s.%s.svc", wellknown.IdentityServiceName, cp),
+		NodeProxy:          proxy.Mode == meshv1alpha1.ProxyModeDaemonSet,
 	}
 	if proxy.OpaquePorts == nil {
 		p.OpaquePorts = PortsOf(DefaultOpaquePorts)

@@ -127,8 +127,6 @@ func (w *Webhook) decide(ctx context.Context, namespace string, pod *corev1.Pod)
 			"system and control-plane namespaces belong to none)", reason, namespace)
 	case !mesh.DeletionTimestamp.IsZero():
 		return nil, "", fmt.Errorf("mesh %s is being deleted", mesh.Name)
-	case mesh.Spec.Proxy.Mode == meshv1alpha1.ProxyModeDaemonSet:
-		return nil, fmt.Sprintf("mesh %s runs its proxies as a DaemonSet, not as sidecars", mesh.Name), nil
 	}
 	if err := CheckNamespace(ns); err != nil {
 		return nil, "", err
