@@ -166,11 +166,15 @@ func TestReadErrorResponse(t *testing.T) {
 	resp := func(status int, body string) *http.Response {
 		return &http.Response{StatusCode: status, Status: http.StatusText(status), Body: io.NopCloser(strings.NewReader(body))}
 	}
-	e := ReadErrorResponse(resp(403, `{"reason":"IdentityMismatch","message":"no"}`))
+	forbidden := resp(403, `{"reason":"IdentityMismatch","message":"no"}`)
+	defer forbidden.Body.Close()
+	e := ReadErrorResponse(forbidden)
 	if e.Reason != ReasonIdentityMismatch || e.Message != "no" {
 		t.Fatalf("got %+v", e)
 	}
-	if e := ReadErrorResponse(resp(502, `<html>bad gateway</html>`)); e.Reason != ReasonUnknown || !strings.Contains(e.Message, "Bad Gateway") {
+	badGateway := resp(502, `<html>bad gateway</html>`)
+	defer badGateway.Body.Close()
+	if e := ReadErrorResponse(badGateway); e.Reason != ReasonUnknown || !strings.Contains(e.Message, "Bad Gateway") {
 		t.Fatalf("got %+v", e)
 	}
 }

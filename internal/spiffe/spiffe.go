@@ -191,11 +191,21 @@ func ValidateTrustDomain(td string) error {
 	}
 	for i := 0; i < len(td); i++ {
 		c := td[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+		if !isTrustDomainChar(c) {
 			return invalid("trust domain %q has character %q; only a-z 0-9 . - _ are allowed", td, c)
 		}
 	}
 	return nil
+}
+
+// isTrustDomainChar reports whether c may appear in a trust domain: a-z 0-9 . - _.
+func isTrustDomainChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_'
+}
+
+// isPathChar reports whether c may appear in a path segment: a-z A-Z 0-9 . - _.
+func isPathChar(c byte) bool {
+	return isTrustDomainChar(c) || c >= 'A' && c <= 'Z'
 }
 
 func validatePath(p string) error {
@@ -211,7 +221,7 @@ func validatePath(p string) error {
 		}
 		for i := 0; i < len(seg); i++ {
 			c := seg[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			if !isPathChar(c) {
 				return invalid("path %q has character %q; only a-z A-Z 0-9 . - _ are allowed", p, c)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -63,9 +64,9 @@ func metricSum(text, metric string, want map[string]string) float64 {
 			match = match && strings.Contains(labels, fmt.Sprintf(`%s=%q`, k, v))
 		}
 		if match {
-			var f float64
-			fmt.Sscan(value, &f)
-			total += f
+			if f, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
+				total += f
+			}
 		}
 	}
 	return total

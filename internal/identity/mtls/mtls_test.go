@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"net"
 	"net/url"
 	"strings"
@@ -75,8 +76,8 @@ func handshake(t *testing.T, client, server *tls.Config) (c, s result) {
 }
 
 func isTimeout(err error) bool {
-	ne, ok := err.(net.Error)
-	return ok && ne.Timeout()
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func TestMutualTLS(t *testing.T) {
@@ -312,7 +313,9 @@ func BenchmarkHandshake(b *testing.B) {
 			b.Fatal(err)
 		}
 		cc.Close()
-		<-errc
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
 		sc.Close()
 	}
 }

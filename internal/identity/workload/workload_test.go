@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net/http"
@@ -61,7 +62,11 @@ func newFakeService(t *testing.T, root *identitytest.CA, clk *clocktesting.FakeC
 func (f *fakeService) serve(w http.ResponseWriter, r *http.Request) {
 	f.requests.Add(1)
 	refuse := func(err error) {
-		e := err.(*identity.Error)
+		var e *identity.Error
+		if !errors.As(err, &e) {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
 		w.WriteHeader(e.Reason.HTTPStatus())
 		_ = json.NewEncoder(w).Encode(identity.ErrorResponse{Reason: e.Reason, Message: e.Message})
 	}
