@@ -148,7 +148,7 @@ func TestEndToEnd(t *testing.T) {
 	a, regA := startWorkload(t, &wg, ctx, ns, "a", srv.addr, bundle)
 	b, _ := startWorkload(t, &wg, ctx, ns, "b", srv.addr, bundle)
 	idA, idB := saID(t, ns, "a"), saID(t, ns, "b")
-	if got := a.Certificate().Leaf.NotAfter.Sub(time.Now()); got > lifetime {
+	if got := time.Until(a.Certificate().Leaf.NotAfter); got > lifetime {
 		t.Fatalf("leaf lives %v, configured %v", got, lifetime)
 	}
 

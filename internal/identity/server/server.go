@@ -252,7 +252,9 @@ func (s *Server) Start(ctx context.Context) error {
 		if err := srv.Shutdown(shutdownCtx); err != nil {
 			_ = srv.Close()
 		}
-		<-serveErr
+		if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error(err, "Identity service stopped with an error")
+		}
 		s.log.Info("Stopped identity service")
 		return nil
 	case err := <-serveErr:
