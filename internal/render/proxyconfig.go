@@ -86,6 +86,7 @@ func ProxyConfig(s *ProxySnapshot) *proxyconfig.Config {
 				Protocol: protocolHint(svc, port, m.Spec.Proxy.OpaquePorts),
 			}
 			policy := policyFor(s.Policies, key, port.Port)
+			applyServicePolicy(&entry, policy)
 			split := splits[key]
 			entry.Backends = backendsFor(idx, svc, port, split, m.Spec.TrustDomain)
 			if attached := attachedRoutes(s.HTTPRoutes, svc, port.Port); len(attached) > 0 {
@@ -302,6 +303,32 @@ func routesFor(policy *meshv1alpha1.MeshPolicy, split *meshv1alpha1.TrafficSplit
 	return routes
 }
 
+// applyServicePolicy sets a service's load balancer, failure accrual and circuit-breaking limits from the
+// MeshPolicy that targets it.
+func applyServicePolicy(entry *proxyconfig.Service, policy *meshv1alpha1.MeshPolicy) {
+	if policy == nil {
+		return
+	}
+	switch policy.Spec.LoadBalancer {
+	case meshv1alpha1.LoadBalancerPeakEWMA:
+		entry.LoadBalancer = proxyconfig.LoadBalancerEWMA
+	case meshv1alpha1.LoadBalancerRoundRobin:
+		entry.LoadBalancer = proxyconfig.LoadBalancerRoundRobin
+	case meshv1alpha1.LoadBalancerLeastRequest:
+		entry.LoadBalancer = proxyconfig.LoadBalancerLeastRequest
+	}
+	cb := policy.Spec.CircuitBreaking
+	if cb == nil {
+		return
+	}
+	entry.MaxConnections, entry.MaxRequests, entry.MaxPendingRequests = cb.MaxConnections, cb.MaxRequests, cb.MaxPendingRequests
+	if cb.ConsecutiveFailures != nil || cb.MinEjection != nil || cb.MaxEjection != nil {
+		entry.FailureAccrual = &proxyconfig.FailureAccrual{
+			ConsecutiveFailures: cb.ConsecutiveFailures, MinBackoff: duration(cb.MinEjection), MaxBackoff: duration(cb.MaxEjection),
+		}
+	}
+}
+
 func requestTimeout(t *meshv1alpha1.Timeouts) *proxyconfig.Duration {
 	if t == nil {
 		return nil
@@ -309,26 +336,31 @@ func requestTimeout(t *meshv1alpha1.Timeouts) *proxyconfig.Duration {
 	return duration(t.Request)
 }
 
-// retryPolicy maps a MeshPolicy's retries to the proxy's. Connect failures are always retryable; gRPC codes are
-// carried as the HTTP outcomes the proxy knows today (see docs/proxy-config.md).
+// retryPolicy maps a MeshPolicy's retries to the proxy's. Connect failures and refused streams are always
+// retryable; HTTP outcomes and gRPC codes pass through by name, retriable status codes as numbers.
 func retryPolicy(r *meshv1alpha1.Retries) *proxyconfig.RetryPolicy {
 	if r == nil {
 		return nil
 	}
-	on := []string{"connect-failure"}
+	on := []string{"connect-failure", "refused-stream"}
 	for _, c := range r.RetryOn {
-		switch c {
-		case "5xx", "gateway-error", "reset":
-			on = append(on, string(c))
-		case "retriable-status-codes":
+		if c == "retriable-status-codes" {
 			for _, code := range r.StatusCodes {
 				on = append(on, strconv.Itoa(int(code)))
 			}
+			continue
 		}
+		on = append(on, string(c))
 	}
-	p := &proxyconfig.RetryPolicy{Attempts: ptr.To(r.Attempts), RetryOn: on}
+	p := &proxyconfig.RetryPolicy{Attempts: ptr.To(r.Attempts), RetryOn: on, NonIdempotent: r.NonIdempotent}
 	if r.PerTryTimeout != nil {
 		p.PerTryTimeout = proxyconfig.D(r.PerTryTimeout.Duration)
+	}
+	if r.MaxBodyBytes != 0 {
+		p.MaxBodyBytes = ptr.To(r.MaxBodyBytes)
+	}
+	if b := r.Backoff; b != nil {
+		p.Backoff = &proxyconfig.RetryBackoff{Base: duration(b.Base), Max: duration(b.Max)}
 	}
 	return p
 }

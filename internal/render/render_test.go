@@ -237,8 +237,12 @@ func TestProxyConfigGolden(t *testing.T) {
 			Spec: meshv1alpha1.MeshPolicySpec{
 				TargetRef: &meshv1alpha1.PolicyTargetReference{Name: "web"}, Ports: []int32{80},
 				Timeouts: &meshv1alpha1.Timeouts{Request: &metav1.Duration{Duration: 5 * time.Second}},
-				Retries: &meshv1alpha1.Retries{RetryOn: []meshv1alpha1.RetryOn{"gateway-error", "retriable-status-codes"}, StatusCodes: []int32{429},
-					Attempts: 2, PerTryTimeout: &metav1.Duration{Duration: time.Second}},
+				Retries: &meshv1alpha1.Retries{RetryOn: []meshv1alpha1.RetryOn{"gateway-error", "retriable-status-codes", "unavailable"}, StatusCodes: []int32{429},
+					Attempts: 2, PerTryTimeout: &metav1.Duration{Duration: time.Second}, MaxBodyBytes: 65536,
+					Backoff: &meshv1alpha1.Backoff{Base: &metav1.Duration{Duration: 25 * time.Millisecond}, Max: &metav1.Duration{Duration: 250 * time.Millisecond}}},
+				LoadBalancer: meshv1alpha1.LoadBalancerLeastRequest,
+				CircuitBreaking: &meshv1alpha1.CircuitBreaking{MaxRequests: ptr.To(int32(100)), MaxPendingRequests: ptr.To(int32(10)),
+					ConsecutiveFailures: ptr.To(int32(5))},
 				Routes: []meshv1alpha1.Route{{Name: "items", Matches: []meshv1alpha1.HTTPMatch{{Method: "GET",
 					Path: &meshv1alpha1.PathMatch{Type: meshv1alpha1.PathMatchPathPrefix, Value: "/items"}}}}},
 				Authorization: &meshv1alpha1.Authorization{Rules: []meshv1alpha1.AuthorizationRule{
