@@ -78,9 +78,11 @@ func (s *IdentityService) Start(ctx context.Context) error {
 		IssuerSecret:  types.NamespacedName{Namespace: ns, Name: render.IdentityIssuerName(mesh)},
 		ServingSecret: types.NamespacedName{Namespace: ns, Name: render.IdentityServingName(mesh)},
 		Addr:          s.Addr,
-		Registerer:    s.Registerer,
-		Recorder:      s.Recorder,
-		Logger:        s.Log,
+		// The node proxies of DaemonSet mode hold the identities of the pods on their node.
+		NodeProxy:  types.NamespacedName{Namespace: ns, Name: render.NodeProxyName(mesh)},
+		Registerer: s.Registerer,
+		Recorder:   s.Recorder,
+		Logger:     s.Log,
 	}
 	if lt := mesh.Spec.Identity.WorkloadCertLifetime; lt != nil {
 		opts.LeafLifetime = lt.Duration

@@ -11,6 +11,7 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -58,6 +59,9 @@ type MeshReconciler struct {
 	GatewayAPIInstalled bool
 	// Injection configures the proxy injector registered for every Mesh.
 	Injection Injection
+	// ProxyImage is the proxy image the manager was started with (its --proxy-image flag): the node proxy's image
+	// in DaemonSet mode unless the Mesh names its own (spec.proxy.image).
+	ProxyImage string
 
 	applier *applier
 }
@@ -74,6 +78,11 @@ type meshScope struct {
 	// desired are the objects the phases rendered; prunable are the kinds and components rendered completely.
 	desired  []client.Object
 	prunable []pruneScope
+	// shards and configHash are the encoded proxy configuration (nil when it could not be rendered), pods the pods
+	// of the mesh's namespaces: the node proxy phase renders and counts from them.
+	shards     []map[string]string
+	configHash string
+	pods       []corev1.Pod
 	// stop ends the reconcile after the current phase (a spec the renderer must not act on).
 	stop bool
 	// retry asks for another reconcile after this long (0: only on events).
@@ -136,7 +145,8 @@ func (r *MeshReconciler) Reconcile(ctx context.Context, req ctrl.Request) (resul
 			err = perr
 		}
 	}()
-	for _, run := range []phase{r.validate, r.selectNamespaces, r.reconcileIdentity, r.reconcileProxyConfig, r.reconcileWebhook, r.applyAndPrune} {
+	for _, run := range []phase{r.validate, r.selectNamespaces, r.reconcileIdentity, r.reconcileProxyConfig,
+		r.reconcileNodeProxy, r.reconcileWebhook, r.applyAndPrune} {
 		if err := run(ctx, s); err != nil {
 			log.Error(err, "Reconcile phase failed", "mesh", klog.KObj(mesh))
 			return ctrl.Result{}, err
@@ -289,6 +299,10 @@ func (r *MeshReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&admissionregistrationv1.MutatingWebhookConfiguration{}).
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).
+		Owns(&appsv1.DaemonSet{}).
+		Owns(&corev1.ServiceAccount{}).
+		Owns(&rbacv1.ClusterRole{}).
+		Owns(&rbacv1.ClusterRoleBinding{}).
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace)).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace)).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.meshOfNamespace), builder.WithPredicates(podChanged())).

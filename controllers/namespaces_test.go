@@ -62,7 +62,7 @@ func TestProxyCounts(t *testing.T) {
 		t.Fatalf("desired %d ready %d notReady %v", desired, ready, notReady)
 	}
 	m := &meshv1alpha1.Mesh{}
-	setProxiesReady(m, pods)
+	setProxiesReady(m, pods, nil)
 	if m.Status.Proxies.Desired != 3 || m.Status.Proxies.Ready != 2 || m.Status.Conditions[0].Reason != meshv1alpha1.ReasonProxiesNotReady {
 		t.Fatalf("status %+v", m.Status)
 	}

@@ -83,7 +83,7 @@ func (r *MeshReconciler) reconcileProxyConfig(ctx context.Context, s *meshScope)
 	if err != nil {
 		return err
 	}
-	setProxiesReady(m, snap.pods)
+	s.pods = snap.pods
 	meshed := map[string]bool{}
 	for _, ns := range s.namespaces {
 		meshed[ns] = true
@@ -136,6 +136,7 @@ func (r *MeshReconciler) reconcileProxyConfig(ctx context.Context, s *meshScope)
 	s.prunable = append(s.prunable, pruneScope{configMapGVK, render.ComponentProxyConfig},
 		pruneScope{roleGVK, render.ComponentProxyRBAC}, pruneScope{roleBindingGVK, render.ComponentProxyRBAC})
 	m.Status.ConfigHash = hash
+	s.shards, s.configHash = shards, hash
 	setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionConfigReady, true, meshv1alpha1.ReasonReady,
 		fmt.Sprintf("Proxy configuration %s (%d service port(s)) is rendered into %d namespace(s)", hash, len(cfg.Services), len(s.namespaces)))
 	return nil

@@ -7,6 +7,7 @@ import (
 	"os"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -103,7 +104,12 @@ func main() {
 			&corev1.ConfigMap{}:   {Label: managed},
 			&rbacv1.Role{}:        {Label: managed},
 			&rbacv1.RoleBinding{}: {Label: managed},
-			&corev1.Pod{}:         {Transform: controllers.TrimPod},
+			// The node proxy's objects (DaemonSet mode).
+			&appsv1.DaemonSet{}:          {Label: managed},
+			&corev1.ServiceAccount{}:     {Label: managed},
+			&rbacv1.ClusterRole{}:        {Label: managed},
+			&rbacv1.ClusterRoleBinding{}: {Label: managed},
+			&corev1.Pod{}:                {Transform: controllers.TrimPod},
 		}},
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
 	})
@@ -117,7 +123,7 @@ func main() {
 	}
 	reconciler := &controllers.MeshReconciler{
 		Client: mgr.GetClient(), CertManagerInstalled: certManager, ClusterDomain: clusterDomain,
-		GatewayAPIInstalled: controllers.GatewayAPIServed(mgr.GetRESTMapper()),
+		GatewayAPIInstalled: controllers.GatewayAPIServed(mgr.GetRESTMapper()), ProxyImage: proxyImage,
 	}
 	if injection {
 		runner := &controllers.WebhookRunner{
