@@ -3,6 +3,8 @@
 //
 //	echo [-listen :8080]              serve: / echoes the request as JSON, /healthz answers ok, /metrics counts requests
 //	echo get <url> [-tries N]          client: GET url, print the body, exit 1 if no try got a 2xx answer
+//	echo count <url> [-n N] [-H k:v]   client: GET url N times (bounded), print JSON counts of answers per serving
+//	                                   Deployment (the pod name without its two last parts) and per status
 //
 // The JSON answer names the serving pod (POD_NAME, POD_NAMESPACE from the downward API, else the hostname), so a
 // test can tell which backend answered.
@@ -15,6 +17,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -34,6 +37,9 @@ type Reply struct {
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "get" {
 		os.Exit(get(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "count" {
+		os.Exit(count(os.Args[2:]))
 	}
 	listen := flag.String("listen", ":8080", "address to serve on")
 	flag.Parse()
@@ -102,4 +108,60 @@ func get(args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "echo get:", last)
 	return 1
+}
+
+// Counts is what count prints: answers per serving Deployment, statuses, and transport errors.
+type Counts struct {
+	Backends map[string]int `json:"backends"`
+	Statuses map[int]int    `json:"statuses"`
+	Errors   int            `json:"errors"`
+}
+
+func count(args []string) int {
+	fs := flag.NewFlagSet("count", flag.ExitOnError)
+	n := fs.Int("n", 100, "requests to send (at most 100000)")
+	header := fs.String("H", "", "a request header, name:value")
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "usage: echo count <url> [-n N] [-H name:value]")
+		return 2
+	}
+	url := args[0]
+	_ = fs.Parse(args[1:])
+	if *n < 1 || *n > 100000 {
+		fmt.Fprintln(os.Stderr, "echo count: -n must be between 1 and 100000")
+		return 2
+	}
+	name, value, hasHeader := strings.Cut(*header, ":")
+	c := &http.Client{Timeout: 5 * time.Second}
+	out := Counts{Backends: map[string]int{}, Statuses: map[int]int{}}
+	deadline := time.Now().Add(5 * time.Minute)
+	for i := 0; i < *n && time.Now().Before(deadline); i++ {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		if hasHeader && *header != "" {
+			req.Header.Set(strings.TrimSpace(name), strings.TrimSpace(value))
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			out.Errors++
+			continue
+		}
+		var r Reply
+		_ = json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		out.Statuses[resp.StatusCode]++
+		if resp.StatusCode == http.StatusOK {
+			out.Backends[deployment(r.Pod)]++
+		}
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(out)
+	return 0
+}
+
+// deployment strips a pod name's ReplicaSet hash and pod suffix: web-v1-7d9f8-abcde -> web-v1.
+func deployment(pod string) string {
+	parts := strings.Split(pod, "-")
+	if len(parts) < 3 {
+		return pod
+	}
+	return strings.Join(parts[:len(parts)-2], "-")
 }
