@@ -26,16 +26,20 @@ import (
 	"github.com/trellis-mesh/trellis/proxy/node/netns"
 )
 
-// Addresses of the node-mode test: two pods routed through the node's namespace, and a service of pod B.
+// Identities and the service address of the node-mode test (inside its namespaces only).
 const (
-	nodeSideA = "10.252.1.1"
-	podAIP    = "10.252.1.2"
-	nodeSideB = "10.252.2.1"
-	podBIP    = "10.252.2.2"
 	serviceIP = "10.96.252.10"
 	idA       = "spiffe://cluster.local/ns/shop/sa/client"
 	idB       = "spiffe://cluster.local/ns/billing/sa/server"
 )
+
+// testNetworks returns the addresses of the two pods and of the node's side of their links: 10.252.<n>.0/24 and
+// 10.252.<n+1>.0/24 with n drawn at random, because the node proxy searches every namespace on the machine for a pod's
+// address, and a concurrent run of this test must not hold the same ones.
+func testNetworks() (podAIP, nodeSideA, podBIP, nodeSideB string) {
+	n := 2 * rand.IntN(127)
+	return fmt.Sprintf("10.252.%d.2", n), fmt.Sprintf("10.252.%d.1", n), fmt.Sprintf("10.252.%d.2", n+1), fmt.Sprintf("10.252.%d.1", n+1)
+}
 
 func need(t *testing.T, tools ...string) {
 	t.Helper()
@@ -155,6 +159,7 @@ func TestNodeProxyServesPodsInTheirNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	sfx := fmt.Sprintf("%d%03d", os.Getpid()%10000, rand.IntN(1000))
+	podAIP, nodeSideA, podBIP, nodeSideB := testNetworks()
 	node := addNetNS(t, "tnp-node-"+sfx)
 	podA := addNetNS(t, "tnp-a-"+sfx)
 	podB := addNetNS(t, "tnp-b-"+sfx)
@@ -187,7 +192,7 @@ func TestNodeProxyServesPodsInTheirNamespaces(t *testing.T) {
 	serveApp(t, podB, "b", 8081)
 
 	dir := t.TempDir()
-	writeHelperFiles(t, dir)
+	writeHelperFiles(t, dir, podBIP)
 	a := servedPod("shop", "a", "client", podAIP, nil)
 	b := servedPod("billing", "b", "server", podBIP, map[string]string{wellknown.AnnotationInboundProbePorts: "8081"})
 	writePods := func(pods ...Pod) {
@@ -333,7 +338,7 @@ func TestNodeProxyServesPodsInTheirNamespaces(t *testing.T) {
 }
 
 // writeHelperFiles writes the helper's PKI, token and configuration into dir.
-func writeHelperFiles(t *testing.T, dir string) {
+func writeHelperFiles(t *testing.T, dir, podBIP string) {
 	t.Helper()
 	root := identitytest.NewRoot(t, "node test trust anchor")
 	issuer := root.NewIntermediate(t, "node test issuer")
