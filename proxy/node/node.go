@@ -114,29 +114,11 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	adm := &admin.Server{Metrics: r.metrics, Store: r.base, Draining: draining.Load,
-		Checks: []func() error{func() error {
-			if !r.synced.Load() {
-				return errors.New("the node's pods are not listed yet")
-			}
-			return nil
-		}}}
-	if o.Proxy.EnableShutdown {
-		adm.Shutdown = func() { once.Do(func() { close(shutdown) }) }
+	adminLn, stopAdmin, err := r.serveAdmin(draining.Load, func() { once.Do(func() { close(shutdown) }) })
+	if err != nil {
+		return err
 	}
-	adminLn := o.Proxy.AdminListener
-	if adminLn == nil {
-		if adminLn, err = net.Listen("tcp", or(o.Proxy.AdminAddr, fmt.Sprintf(":%d", proxy.DefaultAdminPort))); err != nil {
-			return err
-		}
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(r.gather, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /pods", r.servePods)
-	mux.Handle("/", adm.Handler())
-	adminSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go adminSrv.Serve(adminLn) //nolint:errcheck // ends with Close below
-	defer adminSrv.Close()
+	defer stopAdmin()
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	var sources sync.WaitGroup
@@ -150,7 +132,7 @@ func Run(ctx context.Context, o Options) error {
 	var podsDone sync.WaitGroup
 	podsDone.Go(func() { r.o.Pods.Run(watchCtx, r.update) })
 	r.log.Info("Node proxy started", "node", o.NodeName, "admin", adminLn.Addr(), "outbound", r.outAddr,
-		"inbound", r.inAddr, "netnsDir", r.scanner.Dir, "configNamespace", o.ConfigNamespace, "identity", o.Proxy.IdentityAddr != "")
+		"inbound", r.inAddr, "netnsDir", r.scanner.Dir, "configNamespace", r.o.ConfigNamespace, "identity", o.Proxy.IdentityAddr != "")
 
 	select {
 	case <-ctx.Done():
@@ -164,6 +146,36 @@ func Run(ctx context.Context, o Options) error {
 	r.ids.stopAll()
 	r.log.Info("Node proxy stopped")
 	return nil
+}
+
+// serveAdmin serves the admin endpoints: the proxy's (/ready once a configuration is loaded and the pods are
+// listed), /metrics of every pod and identity, and /pods. shutdown is served when enabled.
+func (r *runner) serveAdmin(draining func() bool, shutdown func()) (net.Listener, func(), error) {
+	p := &r.o.Proxy
+	adm := &admin.Server{Metrics: r.metrics, Store: r.base, Draining: draining,
+		Checks: []func() error{func() error {
+			if !r.synced.Load() {
+				return errors.New("the node's pods are not listed yet")
+			}
+			return nil
+		}}}
+	if p.EnableShutdown {
+		adm.Shutdown = shutdown
+	}
+	ln := p.AdminListener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", or(p.AdminAddr, fmt.Sprintf(":%d", proxy.DefaultAdminPort))); err != nil {
+			return nil, nil, err
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.gather, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /pods", r.servePods)
+	mux.Handle("/", adm.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln) //nolint:errcheck // ends with Close
+	return ln, func() { srv.Close() }, nil
 }
 
 func newRunner(o Options) (*runner, error) {
@@ -476,49 +488,26 @@ func (r *runner) servePod(ctx context.Context, pp *podProxy) {
 // servePodOnce finds pp's namespace, waits for its certificate and configuration, opens its listeners there and
 // serves them until ctx ends or the namespace is replaced; it drains before returning.
 func (r *runner) servePodOnce(ctx context.Context, pp *podProxy) error {
-	r.mu.Lock()
-	ips := pp.pod.IPs
-	r.mu.Unlock()
-	pp.setState("finding the network namespace", "")
-	path, err := r.scanner.Find(ips[0])
+	h, err := r.preparePod(ctx, pp)
 	if err != nil {
-		return err
-	}
-	h, err := netns.Open(path)
-	if err != nil {
-		r.scanner.Forget(path)
 		return err
 	}
 	defer h.Close()
-	if pp.creds != nil {
-		pp.setState("waiting for the workload certificate", path)
-		if err := pp.creds.WaitReady(ctx); err != nil {
-			return err
-		}
-	}
-	pp.setState("waiting for the configuration", path)
-	for pp.store.Load() == nil {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 	p := proxy.New(r.proxyOptions(pp, h))
 	outLn, err := h.Listen(ctx, r.outAddr)
 	if err != nil {
-		return fmt.Errorf("listening on %s in %s: %w", r.outAddr, path, err)
+		return fmt.Errorf("listening on %s in %s: %w", r.outAddr, h.Path(), err)
 	}
 	inLn, err := h.Listen(ctx, r.inAddr)
 	if err != nil {
 		outLn.Close()
-		return fmt.Errorf("listening on %s in %s: %w", r.inAddr, path, err)
+		return fmt.Errorf("listening on %s in %s: %w", r.inAddr, h.Path(), err)
 	}
 	errs := make(chan error, 2)
 	go func() { errs <- p.Serve(outLn, proxy.Outbound) }()
 	go func() { errs <- p.Serve(inLn, proxy.Inbound) }()
-	pp.setState("serving", path)
-	pp.log.Info("Serving the pod", "netns", path, "ips", ips, "identity", pp.identity)
+	pp.setState("serving", h.Path())
+	pp.log.Info("Serving the pod", "netns", h.Path(), "identity", pp.identity)
 	recheck := time.NewTicker(r.o.RecheckInterval)
 	defer recheck.Stop()
 	reap := time.NewTicker(30 * time.Second)
@@ -531,8 +520,8 @@ func (r *runner) servePodOnce(ctx context.Context, pp *podProxy) error {
 			result = fmt.Errorf("listener failed: %w", err)
 		case <-recheck.C:
 			if !h.Current() {
-				r.scanner.Forget(path)
-				result = fmt.Errorf("the pod's network namespace %s was replaced", path)
+				r.scanner.Forget(h.Path())
+				result = fmt.Errorf("the pod's network namespace %s was replaced", h.Path())
 			}
 		case <-reap.C:
 			p.ReapIdle()
@@ -542,6 +531,40 @@ func (r *runner) servePodOnce(ctx context.Context, pp *podProxy) error {
 	defer cancel()
 	p.Shutdown(dctx)
 	return result
+}
+
+// preparePod finds and opens pp's network namespace, then waits for the pod's certificate and configuration.
+func (r *runner) preparePod(ctx context.Context, pp *podProxy) (*netns.Handle, error) {
+	r.mu.Lock()
+	ip := pp.pod.IPs[0]
+	r.mu.Unlock()
+	pp.setState("finding the network namespace", "")
+	path, err := r.scanner.Find(ip)
+	if err != nil {
+		return nil, err
+	}
+	h, err := netns.Open(path)
+	if err != nil {
+		r.scanner.Forget(path)
+		return nil, err
+	}
+	if pp.creds != nil {
+		pp.setState("waiting for the workload certificate", path)
+		if err := pp.creds.WaitReady(ctx); err != nil {
+			h.Close()
+			return nil, err
+		}
+	}
+	pp.setState("waiting for the configuration", path)
+	for pp.store.Load() == nil {
+		select {
+		case <-ctx.Done():
+			h.Close()
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return h, nil
 }
 
 // proxyOptions wires a pod's proxy: its snapshot and metrics, its identity for both directions, the application
