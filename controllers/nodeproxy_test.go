@@ -62,7 +62,7 @@ func TestDaemonSetModeRendersTheNodeProxy(t *testing.T) {
 	}
 	pod := ds.Spec.Template.Spec
 	if pod.Containers[0].Image != "trellis.io/proxy:test" || pod.ServiceAccountName != "dsm-node-proxy" ||
-		!*pod.Containers[0].SecurityContext.Privileged || pod.Volumes[3].HostPath.Path != "/var/run/netns" {
+		!*pod.Containers[0].SecurityContext.Privileged || pod.Volumes[3].HostPath.Path != "/run/netns" {
 		t.Fatalf("DaemonSet pod spec: %+v", pod)
 	}
 	m := meshCondition(t, c, "dsm", meshv1alpha1.ConditionProxiesReady, metav1.ConditionFalse, meshv1alpha1.ReasonProxiesNotReady)

@@ -28,9 +28,12 @@ const (
 	NodeProxyContainerName = "node-proxy"
 	// NetNSVolumeName is the host's folder of pod network namespaces, mounted at NetNSDir.
 	NetNSVolumeName = "netns"
-	// NetNSDir is where containerd mounts the pods' network namespaces on the host, and where the node proxy sees
-	// them.
+	// NetNSDir is where the node proxy sees the pods' network namespaces.
 	NetNSDir = "/var/run/netns"
+	// NetNSHostDir is where containerd (and CNI's netns helpers) mount the pods' network namespaces on the host:
+	// /var/run/netns, named by its usual target because /var/run is a symlink to /run and the runtime checks the
+	// mount propagation of the path as given (a HostToContainer mount needs a shared or slave mount at the source).
+	NetNSHostDir = "/run/netns"
 )
 
 var (
@@ -88,8 +91,8 @@ func NodeProxyConfigMaps(mesh *meshv1alpha1.Mesh, shards []map[string]string, ha
 // a ClusterRole and binding to get, list and watch pods (it watches the pods of its node); a Role and binding to
 // read its configuration ConfigMaps; and the DaemonSet. image is the proxy image the manager was started with;
 // spec.proxy.image overrides it. The proxy runs privileged (it enters the pods' network namespaces), on every node
-// (it tolerates every taint), with the host's /var/run/netns mounted with HostToContainer propagation so that
-// namespaces created after it started appear in it.
+// (it tolerates every taint), with the host's /run/netns (/var/run/netns) mounted with HostToContainer propagation
+// so that namespaces created after it started appear in it.
 func NodeProxy(mesh *meshv1alpha1.Mesh, image string) []client.Object {
 	ns, name := mesh.Spec.ControlPlaneNamespace, NodeProxyName(mesh)
 	sa := &corev1.ServiceAccount{TypeMeta: serviceAccountType, ObjectMeta: meta(mesh, ns, name, ComponentNodeProxy)}
@@ -202,7 +205,7 @@ func nodeProxyDaemonSet(mesh *meshv1alpha1.Mesh, image string) *appsv1.DaemonSet
 								Audience: wellknown.IdentityAudience, ExpirationSeconds: ptr.To[int64](inject.TokenExpirationSeconds),
 								Path: inject.TokenFileName}}}}}},
 						{Name: NetNSVolumeName, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
-							Path: NetNSDir, Type: ptr.To(corev1.HostPathDirectoryOrCreate)}}},
+							Path: NetNSHostDir, Type: ptr.To(corev1.HostPathDirectoryOrCreate)}}},
 					},
 				},
 			},

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -19,24 +20,31 @@ const (
 	LabelWorkloadIdentity = "workload_identity"
 )
 
+// DefaultRetain is how long the series of a pod that left stay exported, so that the next scrape sees their final
+// values (a Job's pod often finishes between two scrapes).
+const DefaultRetain = 2 * time.Minute
+
 // gatherer serves the node proxy's own registry and, with their labels added, the registries of the pods and
 // identities it holds. Runtime and process collectors of those registries are left out: the node's registry has them.
 type gatherer struct {
-	node prometheus.Gatherer
+	node   prometheus.Gatherer
+	retain time.Duration
+	now    func() time.Time
 
 	mu    sync.Mutex
 	parts map[string]part // by key (the pod's UID or the identity)
 }
 
 type part struct {
-	g      prometheus.Gatherer
-	labels []*dto.LabelPair
+	g       prometheus.Gatherer
+	labels  []*dto.LabelPair
+	expires time.Time // zero while the pod or identity is held
 }
 
 var _ prometheus.Gatherer = (*gatherer)(nil)
 
 func newGatherer(node prometheus.Gatherer) *gatherer {
-	return &gatherer{node: node, parts: map[string]part{}}
+	return &gatherer{node: node, retain: DefaultRetain, now: time.Now, parts: map[string]part{}}
 }
 
 // add serves g's series with labels added, until remove(key).
@@ -50,17 +58,33 @@ func (g *gatherer) add(key string, reg prometheus.Gatherer, labels map[string]st
 	g.mu.Unlock()
 }
 
+// remove stops serving key's series after the retention time (at once when retain is 0 or less); an add of the
+// same key meanwhile keeps the new registry.
 func (g *gatherer) remove(key string) {
 	g.mu.Lock()
-	delete(g.parts, key)
-	g.mu.Unlock()
+	defer g.mu.Unlock()
+	p, ok := g.parts[key]
+	if !ok {
+		return
+	}
+	if g.retain <= 0 {
+		delete(g.parts, key)
+		return
+	}
+	p.expires = g.now().Add(g.retain)
+	g.parts[key] = p
 }
 
 // Gather implements prometheus.Gatherer.
 func (g *gatherer) Gather() ([]*dto.MetricFamily, error) {
 	g.mu.Lock()
+	now := g.now()
 	parts := make([]part, 0, len(g.parts))
-	for _, p := range g.parts {
+	for k, p := range g.parts {
+		if !p.expires.IsZero() && !now.Before(p.expires) {
+			delete(g.parts, k)
+			continue
+		}
 		parts = append(parts, p)
 	}
 	g.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -85,6 +86,8 @@ func TestGathererLabelsPodSeries(t *testing.T) {
 		return r
 	}
 	g := newGatherer(node)
+	now := time.Unix(1000, 0)
+	g.now = func() time.Time { return now }
 	g.add("uid-1", pod(3), map[string]string{LabelWorkloadNamespace: "shop", LabelWorkloadPod: "web-1"})
 	g.add("uid-2", pod(5), map[string]string{LabelWorkloadNamespace: "shop", LabelWorkloadPod: "web-2"})
 	text := gatherText(t, g)
@@ -100,9 +103,21 @@ func TestGathererLabelsPodSeries(t *testing.T) {
 	if strings.Contains(text, "go_goroutines") {
 		t.Errorf("the pods' runtime series are served:\n%s", text)
 	}
+	// A pod that left stays exported for DefaultRetain, so that a last scrape sees its final counts.
 	g.remove("uid-1")
-	if text := gatherText(t, g); strings.Contains(text, "web-1") {
-		t.Errorf("a removed pod's series are still served:\n%s", text)
+	if text := gatherText(t, g); !strings.Contains(text, "web-1") {
+		t.Errorf("a pod that just left is no longer served:\n%s", text)
+	}
+	now = now.Add(DefaultRetain)
+	if text := gatherText(t, g); strings.Contains(text, "web-1") || !strings.Contains(text, "web-2") {
+		t.Errorf("after the retention, the departed pod's series are still served (or the other's are not):\n%s", text)
+	}
+	// A pod served again under the same key before the retention ends keeps its new series.
+	g.remove("uid-2")
+	g.add("uid-2", pod(7), map[string]string{LabelWorkloadNamespace: "shop", LabelWorkloadPod: "web-2"})
+	now = now.Add(DefaultRetain)
+	if text := gatherText(t, g); !strings.Contains(text, `workload_pod="web-2"} 7`) {
+		t.Errorf("a pod served again lost its series:\n%s", text)
 	}
 }
 
