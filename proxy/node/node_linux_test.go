@@ -96,6 +96,29 @@ func serveApp(t *testing.T, h *netns.Handle, name string, port int) {
 	t.Cleanup(func() { srv.Close(); <-done })
 }
 
+// serveEcho runs a TCP echo server on port inside a pod's namespace: it echoes until the client half-closes.
+func serveEcho(t *testing.T, h *netns.Handle, port int) {
+	t.Helper()
+	ln, err := h.Listen(context.Background(), fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			})
+		}
+	})
+}
+
 // clientIn returns an HTTP client whose connections are created in h's namespace.
 func clientIn(t *testing.T, h *netns.Handle) *http.Client {
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
@@ -149,7 +172,8 @@ func waitUntil(t *testing.T, what string, d time.Duration, ok func() bool) {
 // proxy-init's redirect and no proxy of its own. A client in pod A calls a service of pod B: the node proxy's
 // listener inside pod A takes the redirected connection, opens mesh TLS with A's certificate from the node's
 // namespace, its listener inside pod B terminates it with B's certificate and forwards to B's application from
-// inside B. The checks: the answer, the identities in the metrics of each pod, authorization by B's identity-aware
+// inside B. The checks: the answer (HTTP, and opaque TCP with half-close), the identities in the metrics of each pod,
+// authorization by B's identity-aware
 // policy (a plaintext client from the node is refused, the probe port is open), the await the injector adds
 // passing in pod A, /pods, a pod leaving (its listeners close) and coming back, and a clean stop on SIGTERM.
 func TestNodeProxyServesPodsInTheirNamespaces(t *testing.T) {
@@ -190,6 +214,7 @@ func TestNodeProxyServesPodsInTheirNamespaces(t *testing.T) {
 	}
 	serveApp(t, podB, "b", 8080)
 	serveApp(t, podB, "b", 8081)
+	serveEcho(t, podB, 7070)
 
 	dir := t.TempDir()
 	writeHelperFiles(t, dir, podBIP)
@@ -270,6 +295,21 @@ func TestNodeProxyServesPodsInTheirNamespaces(t *testing.T) {
 		}
 	}
 
+	// Opaque TCP with half-close, over mesh TLS (trellis/1) between the two pods' identities.
+	c, err := podA.Dial(context.Background(), serviceIP+":7070", 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "half-closed ping"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	if echoed, err := io.ReadAll(c); err != nil || string(echoed) != "half-closed ping" {
+		t.Fatalf("TCP echo from pod A: %q, %v", echoed, err)
+	}
+	c.Close()
+
 	fromNode := clientIn(t, node)
 	if code, body, err := get(fromNode, "http://"+podBIP+":8080/plain"); err != nil || code != 403 {
 		t.Errorf("plaintext client from the node to pod B: %d %q %v, want 403 (all-authenticated)", code, body, err)
@@ -294,6 +334,8 @@ func TestNodeProxyServesPodsInTheirNamespaces(t *testing.T) {
 		{"inbound_http_authz_deny_total", map[string]string{"workload_pod": "b", "tls": "false", "rule": "default:all-authenticated"}, 1},
 		{"inbound_http_authz_allow_total", map[string]string{"workload_pod": "b", "rule": "probe"}, 1},
 		{"mtls_handshake_total", map[string]string{"workload_pod": "b", "direction": "inbound", "result": "success"}, 1},
+		{"tcp_open_total", map[string]string{"workload_pod": "b", "direction": "inbound", "tls": "true", "client_id": idA}, 1},
+		{"tcp_open_total", map[string]string{"workload_pod": "a", "direction": "outbound", "tls": "true", "dst_service": "echo", "server_id": idB}, 1},
 		{"identity_cert_expiration_timestamp_seconds", map[string]string{"workload_identity": idA}, 1},
 		{"identity_cert_expiration_timestamp_seconds", map[string]string{"workload_identity": idB}, 1},
 		{"config_info", map[string]string{"version": "node-1"}, 1},
@@ -365,6 +407,9 @@ func writeHelperFiles(t *testing.T, dir, podBIP string) {
 	doc := fmt.Sprintf(`{"apiVersion": "proxy.trellis.io/v1alpha1", "version": "node-1",
 	  "inbound": {"defaultPolicy": "all-authenticated"},
 	  "services": [{"name": "server", "namespace": "billing", "clusterIPs": [%q], "port": 80,
-	    "backends": [{"name": "server", "endpoints": [{"address": "%s:8080", "identity": %q}]}]}]}`, serviceIP, podBIP, idB)
+	    "backends": [{"name": "server", "endpoints": [{"address": "%s:8080", "identity": %q}]}]},
+	   {"name": "echo", "namespace": "billing", "clusterIPs": [%q], "port": 7070, "protocol": "opaque",
+	    "backends": [{"name": "echo", "endpoints": [{"address": "%s:7070", "identity": %q}]}]}]}`,
+		serviceIP, podBIP, idB, serviceIP, podBIP, idB)
 	write("config/config.json", []byte(doc))
 }
