@@ -15,6 +15,5 @@ func TestMain(m *testing.M) {
 		// Idle keep-alive connections of the test's HTTP clients.
 		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
 	)
 }
