@@ -12,7 +12,9 @@
 //	estimate = r                                  if r > current (peak: a slow response counts at once)
 //	estimate = current + r × (1 − e^(−Δ/Decay))   otherwise
 //
-// so that steady samples r converge to r with time constant Decay. An endpoint without samples starts at DefaultRTT.
+// so that steady samples r converge to r with time constant Decay. An endpoint seen for the first time starts at the
+// mean of the current estimates of the other endpoints of the Picker it joins (a new endpoint of a warm backend
+// competes at once instead of waiting for DefaultRTT to decay below its peers), or at DefaultRTT when it has none.
 // Failed and canceled exchanges only raise the estimate, never lower it: a fast failure must not make an endpoint look
 // attractive (failure accrual, package accrual, takes it out of rotation). A DoneInfo without Latency is no sample.
 //
@@ -33,7 +35,7 @@ import (
 
 // Linkerd's defaults.
 const (
-	// DefaultRTT is the estimate of an endpoint without samples.
+	// DefaultRTT is the estimate of a new endpoint that has no established peers.
 	DefaultRTT = 30 * time.Millisecond
 	// DefaultDecay is the time constant of the estimate's decay.
 	DefaultDecay = 10 * time.Second
@@ -41,7 +43,8 @@ const (
 
 // Options configures a Builder. The zero value gives Linkerd's defaults.
 type Options struct {
-	// DefaultRTT is the latency estimate of an endpoint without samples. Default DefaultRTT (30ms).
+	// DefaultRTT is the latency estimate of a new endpoint of a backend whose other endpoints are all new too.
+	// Default DefaultRTT (30ms).
 	DefaultRTT time.Duration
 	// Decay is the time constant over which old samples lose weight (to 1/e after Decay). Default DefaultDecay (10s).
 	Decay time.Duration
@@ -94,11 +97,41 @@ func elapsed(now func() time.Time) func() int64 {
 	return func() int64 { return int64(now().Sub(start)) }
 }
 
-// Build returns a Picker over endpoints; it implements balance.Builder.
+// Build returns a Picker over endpoints; it implements balance.Builder. Endpoints seen for the first time start at
+// the mean of the current estimates of the others (see seed).
 func (b *Builder) Build(endpoints []*balance.Endpoint) balance.Picker {
 	p := &picker{b: b, eps: endpoints}
 	p.states = balance.Acquire(b.states, p, endpoints)
+	b.seed(p.states)
 	return p
+}
+
+// seed sets the estimate of each new state of states to the mean of the current estimates of the established ones,
+// or to DefaultRTT when there are none, and marks it established. A state that a concurrent Build seeded first keeps
+// its estimate. Build seeds every state before it returns the Picker, so no pick sees a fresh state.
+func (b *Builder) seed(states []*endpoint) {
+	fresh, n, sum := 0, 0, 0.0
+	now := b.nanos()
+	for _, e := range states {
+		if e.fresh.Load() {
+			fresh++
+			continue
+		}
+		sum += e.estimate(now)
+		n++
+	}
+	if fresh == 0 {
+		return
+	}
+	est := b.defaultRTT
+	if n > 0 {
+		est = sum / float64(n)
+	}
+	for _, e := range states {
+		if e.fresh.Load() {
+			e.establish(est, now)
+		}
+	}
 }
 
 // Estimate returns the current latency estimate (decayed to now) and requests in flight of the endpoint at addr, and
@@ -120,6 +153,7 @@ type endpoint struct {
 	seq     atomic.Uint64 // odd while a writer updates est and stamp
 	est     atomic.Uint64 // float64 bits: estimate in nanoseconds as of stamp
 	stamp   atomic.Int64  // builder nanos of the last update
+	fresh   atomic.Bool   // not yet seeded by a Build; cleared under mu
 	done    func(balance.DoneInfo)
 }
 
@@ -127,8 +161,28 @@ func (b *Builder) newEndpoint(*balance.Endpoint) *endpoint {
 	e := &endpoint{b: b}
 	e.est.Store(math.Float64bits(b.defaultRTT))
 	e.stamp.Store(b.nanos())
+	e.fresh.Store(true)
 	e.done = e.observe
 	return e
+}
+
+// establish sets a fresh endpoint's estimate as of now; it does nothing to an endpoint no longer fresh.
+func (e *endpoint) establish(est float64, now int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.fresh.Load() {
+		return
+	}
+	e.store(est, max(now, e.stamp.Load()))
+	e.fresh.Store(false)
+}
+
+// store publishes an (estimate, stamp) pair; the caller holds mu.
+func (e *endpoint) store(est float64, stamp int64) {
+	e.seq.Add(1)
+	e.est.Store(math.Float64bits(est))
+	e.stamp.Store(stamp)
+	e.seq.Add(1)
 }
 
 // load returns a consistent (estimate, stamp) pair.
@@ -202,13 +256,7 @@ func (e *endpoint) observe(d balance.DoneInfo) {
 	default:
 		next = cur + rtt*(1-w)
 	}
-	if now < stamp {
-		now = stamp
-	}
-	e.seq.Add(1)
-	e.est.Store(math.Float64bits(next))
-	e.stamp.Store(now)
-	e.seq.Add(1)
+	e.store(next, max(now, stamp))
 }
 
 type picker struct {

@@ -322,8 +322,98 @@ func TestStateSurvivesRebuild(t *testing.T) {
 	if _, pending, _ := b.Estimate(next[1].Addr); pending != 0 {
 		t.Fatalf("in flight %d, want 0", pending)
 	}
-	if got := estimate(t, b, next[2]); got != ewma.DefaultRTT {
-		t.Fatalf("new endpoint's estimate %v, want the default", got)
+	if got, want := estimate(t, b, next[2]), (500*ms+ewma.DefaultRTT)/2; got != want {
+		t.Fatalf("new endpoint's estimate %v, want %v, the mean of the others", got, want)
+	}
+}
+
+// A new endpoint starts at the mean of the current estimates of the Picker's other endpoints; a Picker of new
+// endpoints only starts them all at DefaultRTT.
+func TestNewEndpointStartsAtMean(t *testing.T) {
+	clk := newClock()
+	b := ewma.NewBuilder(ewma.Options{Now: clk.Now, IntN: lockedRand(4)})
+	eps := endpoints(4)
+	p := b.Build(eps[:3])
+	for _, ep := range eps[:3] {
+		if got := estimate(t, b, ep); got != ewma.DefaultRTT {
+			t.Fatalf("%v in a new backend: estimate %v, want %v", ep.Addr, got, ewma.DefaultRTT)
+		}
+	}
+	for i, ep := range eps[:3] { // peaks set the estimates exactly: 100ms, 200ms, 300ms
+		sample(t, p, ep, balance.DoneInfo{Latency: time.Duration(i+1) * 100 * ms})
+	}
+	clk.Advance(ewma.DefaultDecay) // the estimates decay to e^-1 of that
+	b.Build(eps)
+	want := time.Duration(float64(200*ms) * math.Exp(-1))
+	if got := estimate(t, b, eps[3]); !near(got, want, 1e-6) {
+		t.Fatalf("new endpoint's estimate %v, want %v, the mean of the others' current estimates", got, want)
+	}
+	// Known endpoints keep theirs, and so does the new one in the next Picker.
+	clk.Advance(time.Second)
+	b.Build(eps[1:])
+	if got, want := estimate(t, b, eps[3]), time.Duration(float64(200*ms)*math.Exp(-1.1)); !near(got, want, 1e-6) {
+		t.Fatalf("the endpoint's estimate after a rebuild %v, want %v", got, want)
+	}
+	if got, want := estimate(t, b, eps[0]), time.Duration(float64(100*ms)*math.Exp(-1.1)); !near(got, want, 1e-6) {
+		t.Fatalf("known endpoint's estimate %v, want %v", got, want)
+	}
+}
+
+// A scale-up: an endpoint added to a backend whose endpoints answer in about 1ms gets its share of sequential
+// requests at once, where starting at DefaultRTT would keep it out of every pick until that decayed.
+func TestNewEndpointGetsTrafficAtOnce(t *testing.T) {
+	for seed := range uint64(5) {
+		clk := newClock()
+		r := rand.New(rand.NewPCG(seed, 11))
+		b := ewma.NewBuilder(ewma.Options{Now: clk.Now, IntN: r.IntN})
+		eps := endpoints(4)
+		index := map[netip.AddrPort]int{}
+		for i, ep := range eps {
+			index[ep.Addr] = i
+		}
+		run := func(p balance.Picker, n int) []int {
+			count := make([]int, len(eps))
+			for range n {
+				ep, done, err := p.Pick()
+				if err != nil {
+					t.Fatal(err)
+				}
+				lat := 800*time.Microsecond + time.Duration(r.Int64N(int64(400*time.Microsecond)))
+				clk.Advance(lat)
+				done(balance.DoneInfo{Latency: lat})
+				count[index[ep.Addr]]++
+				clk.Advance(4 * ms)
+			}
+			return count
+		}
+		run(b.Build(eps[:3]), 2000) // warm: the three estimates settle near 1ms
+		count := run(b.Build(endpoints(4)), 200)
+		t.Logf("seed %d: %v of 200 after the scale-up", seed, count)
+		if count[3] < 30 { // a fair share is 50
+			t.Errorf("seed %d: the new endpoint got %d of 200 requests, want at least 30", seed, count[3])
+		}
+	}
+}
+
+// Concurrent Builds over the same new endpoints, with picks on the Pickers already built, seed each endpoint once.
+func TestConcurrentBuilds(t *testing.T) {
+	b := ewma.NewBuilder(ewma.Options{Now: newClock().Now, IntN: lockedRand(5)})
+	eps := endpoints(6)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			p := b.Build(eps[g%3 : g%3+4])
+			for range 200 {
+				_, done, _ := p.Pick()
+				done(balance.DoneInfo{})
+			}
+		})
+	}
+	wg.Wait()
+	for _, ep := range eps {
+		if got := estimate(t, b, ep); got != ewma.DefaultRTT {
+			t.Errorf("%v: estimate %v, want %v (no samples, no established peer)", ep.Addr, got, ewma.DefaultRTT)
+		}
 	}
 }
 
