@@ -408,14 +408,16 @@ func (p *picker) Pick() (*balance.Endpoint, func(balance.DoneInfo), error) {
 }
 
 // refresh rebuilds the view if one of the picker's endpoints changed state since it was built. A Pick that finds
-// another refresh under way keeps using the current view.
+// another refresh under way waits for it, so that no pick after an ejection uses a view that still holds the ejected
+// endpoint; the wait happens only on state changes, which are rare.
 func (p *picker) refresh() *view {
-	if !p.mu.TryLock() {
-		return p.view.Load()
-	}
+	p.mu.Lock()
 	defer p.mu.Unlock()
 	epoch := p.b.epoch.Load() // before sig: a later change moves the epoch past what is recorded as seen
 	v := p.view.Load()
+	if epoch == p.seen.Load() {
+		return v // refreshed by the Pick this one waited for
+	}
 	if sig := p.sig(); sig != v.sig {
 		v = p.build(sig)
 		p.view.Store(v)
