@@ -69,7 +69,11 @@ type RunOptions struct {
 	TokenFile string
 	// TrustBundleFile holds the mesh's trust anchors (PEM). Default workload.DefaultTrustBundleFile.
 	TrustBundleFile string
-	// InboundProbePorts are the container ports kubelet probes target: inbound traffic to them is always authorized.
+	// InboundProbePaths are the paths of the kubelet's HTTP probes: inbound GET and HEAD requests for them are always
+	// authorized on their port, and the port's other requests are not. Default none.
+	InboundProbePaths []authz.ProbePath
+	// InboundProbePorts are the container ports of the kubelet's TCP, gRPC and HTTPS probes: inbound traffic to them
+	// is always authorized. Default none.
 	InboundProbePorts []uint16
 	// OpaquePorts are added to the configuration's opaquePorts.
 	OpaquePorts []uint16
@@ -238,7 +242,7 @@ func Run(ctx context.Context, o RunOptions) error {
 
 	po := Options{Store: store, Metrics: m, Log: o.Log, OriginalDst: o.OriginalDst,
 		Authorizer: authz.NewDefault(authz.DefaultOptions{TrustDomain: or(o.TrustDomain, DefaultTrustDomain),
-			ProbePorts: o.InboundProbePorts, ClusterNetworks: o.ClusterNetworks})}
+			ProbePaths: o.InboundProbePaths, ProbePorts: o.InboundProbePorts, ClusterNetworks: o.ClusterNetworks})}
 	if creds != nil {
 		po.Connector, po.Terminator = NewMeshTLS(creds, m, store)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/proxyconfig"
+	"github.com/trellis-mesh/trellis/proxy/authz"
 )
 
 func TestParsePorts(t *testing.T) {
@@ -55,6 +56,16 @@ func TestParsePorts(t *testing.T) {
 	probes, err := ParsePorts(inject.PortsOf([]int32{8081, 8080, 9090}).String())
 	if err != nil || !slices.Equal(probes, []uint16{8080, 8081, 9090}) {
 		t.Errorf("probe ports %v, %v", probes, err)
+	}
+}
+
+// TestProbePathsRoundTrip reads what the injector writes into TRELLIS_PROXY_INBOUND_PROBE_PATHS.
+func TestProbePathsRoundTrip(t *testing.T) {
+	written := inject.ProbePaths{{Port: 8080, Path: "/healthz"}, {Port: 8080, Path: "/ready"}, {Port: 9090, Path: "/a:b/%20"}}
+	got, err := authz.ParseProbePaths(written.String())
+	want := []authz.ProbePath{{Port: 8080, Path: "/healthz"}, {Port: 8080, Path: "/ready"}, {Port: 9090, Path: "/a:b/%20"}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("ParseProbePaths(%q) = %v, %v; want %v", written.String(), got, err, want)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/identity/workload"
 	"github.com/trellis-mesh/trellis/proxy"
+	"github.com/trellis-mesh/trellis/proxy/authz"
 	"github.com/trellis-mesh/trellis/proxy/node"
 	"github.com/trellis-mesh/trellis/proxy/node/netns"
 )
@@ -43,7 +44,9 @@ func main() {
 	fs.StringVar(&o.PodIP, "pod-ip", "", "The workload's pod IP (for logs).")
 	fs.StringVar(&o.TokenFile, "token-file", workload.DefaultTokenFile, "Projected ServiceAccount token (audience identity.trellis.io) presented to the identity service.")
 	fs.StringVar(&o.TrustBundleFile, "trust-bundle-file", workload.DefaultTrustBundleFile, "PEM bundle of the mesh's trust anchors.")
-	fs.Func("inbound-probe-ports", "Comma-separated container ports and ranges (8080,9000-9010) kubelet probes target; inbound traffic to them is always authorized.",
+	fs.Func("inbound-probe-paths", "Comma-separated port:path pairs (8080:/healthz,8080:/ready) of the kubelet's HTTP probes; inbound GET and HEAD requests for them are always authorized.",
+		func(v string) (err error) { o.InboundProbePaths, err = authz.ParseProbePaths(v); return err })
+	fs.Func("inbound-probe-ports", "Comma-separated container ports and ranges (5432,9000-9010) of the kubelet's TCP, gRPC and HTTPS probes; all inbound traffic to them is always authorized.",
 		func(v string) (err error) { o.InboundProbePorts, err = proxy.ParsePorts(v); return err })
 	fs.Func("opaque-ports", "Comma-separated ports and ranges (25,7000-7010) on which protocol detection is skipped, added to the configuration's opaquePorts.",
 		func(v string) (err error) { o.OpaquePorts, err = proxy.ParsePorts(v); return err })

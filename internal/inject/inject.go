@@ -84,7 +84,11 @@ const (
 	EnvPodLabelsFile      = "TRELLIS_PROXY_POD_LABELS_FILE"      // PodInfoDir/PodLabelsFileName
 	// EnvOpaquePorts holds the pod's opaque ports in the Ports text form ("25,7000-7010"); empty means none.
 	EnvOpaquePorts = "TRELLIS_PROXY_OPAQUE_PORTS"
-	// EnvInboundProbePorts holds the container ports the kubelet probes, in the Ports text form; empty means none.
+	// EnvInboundProbePaths holds the paths of the kubelet's HTTP probes, in the ProbePaths text form
+	// ("8080:/healthz,8080:/ready"); empty means none.
+	EnvInboundProbePaths = "TRELLIS_PROXY_INBOUND_PROBE_PATHS"
+	// EnvInboundProbePorts holds the container ports of the kubelet's TCP, gRPC and HTTPS probes, in the Ports text
+	// form; empty means none.
 	EnvInboundProbePorts = "TRELLIS_PROXY_INBOUND_PROBE_PORTS"
 )
 
@@ -141,7 +145,7 @@ func InjectPodSpec(meta *metav1.ObjectMeta, spec *corev1.PodSpec, p Params) (cha
 		return false, err
 	}
 	if p.NodeProxy {
-		annotateNodeProxy(meta, p, probePorts(spec))
+		annotateNodeProxy(meta, p, probesOf(spec, p.OpaquePorts))
 		spec.InitContainers = append([]corev1.Container{initContainer(p), awaitContainer(p)}, spec.InitContainers...)
 		return true, nil
 	}
@@ -149,7 +153,7 @@ func InjectPodSpec(meta *metav1.ObjectMeta, spec *corev1.PodSpec, p Params) (cha
 	if len(spec.Containers) > 0 {
 		firstApp = spec.Containers[0].Name
 	}
-	proxy := proxyContainer(p, probePorts(spec))
+	proxy := proxyContainer(p, probesOf(spec, p.OpaquePorts))
 	if p.NativeSidecar {
 		proxy.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
 		spec.InitContainers = append([]corev1.Container{initContainer(p), proxy}, spec.InitContainers...)
@@ -189,8 +193,8 @@ func annotate(meta *metav1.ObjectMeta, p Params, firstApp string) {
 }
 
 // annotateNodeProxy marks a pod the node proxy serves, and tells the node proxy what a sidecar gets in its
-// environment: the ports the kubelet probes and the pod's opaque ports.
-func annotateNodeProxy(meta *metav1.ObjectMeta, p Params, probes Ports) {
+// environment: the kubelet's probes and the pod's opaque ports.
+func annotateNodeProxy(meta *metav1.ObjectMeta, p Params, probes Probes) {
 	if meta.Annotations == nil {
 		meta.Annotations = map[string]string{}
 	}
@@ -198,7 +202,8 @@ func annotateNodeProxy(meta *metav1.ObjectMeta, p Params, probes Ports) {
 		meta.Labels = map[string]string{}
 	}
 	meta.Annotations[wellknown.AnnotationInjected] = p.MeshName
-	meta.Annotations[wellknown.AnnotationInboundProbePorts] = probes.String()
+	meta.Annotations[wellknown.AnnotationInboundProbePaths] = probes.Paths.String()
+	meta.Annotations[wellknown.AnnotationInboundProbePorts] = probes.Ports.String()
 	meta.Annotations[wellknown.AnnotationProxyOpaquePorts] = p.OpaquePorts.String()
 	meta.Labels[wellknown.LabelProxy] = wellknown.ProxyNode
 }
@@ -270,7 +275,7 @@ func initContainer(p Params) corev1.Container {
 }
 
 // proxyContainer is trellis-proxy, configured through its environment.
-func proxyContainer(p Params, probePorts Ports) corev1.Container {
+func proxyContainer(p Params, probes Probes) corev1.Container {
 	adminProbe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
@@ -288,7 +293,7 @@ func proxyContainer(p Params, probePorts Ports) corev1.Container {
 			{Name: InboundPortName, ContainerPort: p.InboundPort, Protocol: corev1.ProtocolTCP},
 			{Name: OutboundPortName, ContainerPort: p.OutboundPort, Protocol: corev1.ProtocolTCP},
 		},
-		Env:       proxyEnv(p, probePorts),
+		Env:       proxyEnv(p, probes),
 		Resources: *p.Resources.DeepCopy(),
 		VolumeMounts: []corev1.VolumeMount{
 			{Name: ConfigVolumeName, MountPath: ConfigDir, ReadOnly: true},
@@ -313,7 +318,7 @@ func proxyContainer(p Params, probePorts Ports) corev1.Container {
 	}
 }
 
-func proxyEnv(p Params, probePorts Ports) []corev1.EnvVar {
+func proxyEnv(p Params, probes Probes) []corev1.EnvVar {
 	field := func(name, path string) corev1.EnvVar {
 		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
 			FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
@@ -336,7 +341,8 @@ func proxyEnv(p Params, probePorts Ports) []corev1.EnvVar {
 		field(EnvPodIP, "status.podIP"),
 		{Name: EnvPodLabelsFile, Value: PodInfoDir + "/" + PodLabelsFileName},
 		{Name: EnvOpaquePorts, Value: p.OpaquePorts.String()},
-		{Name: EnvInboundProbePorts, Value: probePorts.String()},
+		{Name: EnvInboundProbePaths, Value: probes.Paths.String()},
+		{Name: EnvInboundProbePorts, Value: probes.Ports.String()},
 	}
 }
 
@@ -370,43 +376,6 @@ func volumes() []corev1.Volume {
 			}},
 		}}},
 	}
-}
-
-// probePorts returns the container ports the kubelet probes (HTTP GET, TCP and gRPC probes of every container),
-// with named ports resolved against the probed container's ports. A name that resolves to nothing is left out: the
-// kubelet cannot probe it either.
-func probePorts(spec *corev1.PodSpec) Ports {
-	var ports []int32
-	containers := append(append([]corev1.Container(nil), spec.InitContainers...), spec.Containers...)
-	for i := range containers {
-		c := &containers[i]
-		for _, probe := range []*corev1.Probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
-			if probe == nil {
-				continue
-			}
-			switch {
-			case probe.HTTPGet != nil:
-				ports = appendPort(ports, c, probe.HTTPGet.Port)
-			case probe.TCPSocket != nil:
-				ports = appendPort(ports, c, probe.TCPSocket.Port)
-			case probe.GRPC != nil:
-				ports = append(ports, probe.GRPC.Port)
-			}
-		}
-	}
-	return PortsOf(ports)
-}
-
-func appendPort(ports []int32, c *corev1.Container, port intstr.IntOrString) []int32 {
-	if port.Type == intstr.Int {
-		return append(ports, port.IntVal)
-	}
-	for _, cp := range c.Ports {
-		if cp.Name == port.StrVal {
-			return append(ports, cp.ContainerPort)
-		}
-	}
-	return ports
 }
 
 // checkClashes refuses pods that already use a name or port the injection adds.

@@ -375,7 +375,8 @@ func checkInjected(t *testing.T, pod *corev1.Pod) {
 	}
 	for name, want := range map[string]string{
 		EnvTrustDomain: "cluster.local", EnvIdentityAddr: "trellis-identity.trellis-system.svc:8080",
-		EnvInboundProbePorts: "8080", EnvOpaquePorts: "25,587,3306,4444,5432,6379,9300,11211",
+		EnvInboundProbePaths: "8080:/healthz", EnvInboundProbePorts: "",
+		EnvOpaquePorts:   "25,587,3306,4444,5432,6379,9300,11211",
 		EnvPodLabelsFile: "/var/run/trellis/podinfo/labels",
 	} {
 		if got := envValue(proxy, name); got != want {

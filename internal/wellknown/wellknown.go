@@ -40,8 +40,12 @@ const (
 	ProxySidecar = "sidecar"
 	// ProxyNode is LabelProxy's value on pods the node proxy serves (Mesh spec.proxy.mode DaemonSet).
 	ProxyNode = "node"
-	// AnnotationInboundProbePorts lists (in the Ports text form, "8080,9000-9010") the container ports the kubelet
-	// probes, on pods the node proxy serves: inbound traffic to them is always authorized.
+	// AnnotationInboundProbePaths lists (as "port:path" pairs, "8080:/healthz,8080:/ready") the paths of the
+	// kubelet's HTTP probes, on pods the node proxy serves: GET and HEAD requests for them are always authorized.
+	AnnotationInboundProbePaths = "mesh.trellis.io/inbound-probe-paths"
+	// AnnotationInboundProbePorts lists (in the Ports text form, "8080,9000-9010") the container ports of the
+	// kubelet's TCP, gRPC and HTTPS probes, on pods the node proxy serves: inbound traffic to them is always
+	// authorized.
 	AnnotationInboundProbePorts = "mesh.trellis.io/inbound-probe-ports"
 	// AnnotationProxyOpaquePorts lists the pod's opaque ports as the injector resolved them, on pods the node proxy
 	// serves (sidecars get them in TRELLIS_PROXY_OPAQUE_PORTS).

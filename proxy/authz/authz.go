@@ -3,12 +3,14 @@
 //
 // Compile turns the configuration's inbound section into a Table for one pod (its namespace and labels pick the
 // workload entries that apply); each port's settings become an immutable Policy. Default is the proxy's Authorizer:
-// kubelet probe ports are always allowed; then the port Policy's authorizations, then its routes' authorizations
-// (HTTP), may allow the client; otherwise the port's default policy decides.
+// the kubelet's HTTP probes are allowed by path and its other probes by port; then the port Policy's authorizations,
+// then its routes' authorizations (HTTP), may allow the client; otherwise the port's default policy decides.
 package authz
 
 import (
+	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/trellis-mesh/trellis/internal/proxyconfig"
@@ -45,7 +47,7 @@ type Decision struct {
 	Allow bool
 	// Authorization names the rule that decided, for metrics and logs: "<source>/<authorization name>" for an
 	// authorization (source: the workload entry, or "port-<n>" for inbound.ports), "default:<policy>" for a default
-	// policy, "probe" for a kubelet probe port.
+	// policy, "probe" for a kubelet probe's path or port.
 	Authorization string
 	// Route is the inbound route the request was allowed on, else the first route whose matches it meets; empty
 	// for TCP and for requests no route matches.
@@ -74,7 +76,8 @@ func (AllowAll) Authorize(Request) Decision {
 // Rule names (the "rule" metric label).
 const (
 	ruleDefault = "default:"
-	// RuleProbe names the decision that admits traffic to a kubelet probe port.
+	// RuleProbe names the decision that admits a kubelet probe: a request for an HTTP probe's path, or traffic to the
+	// port of another kind of probe.
 	RuleProbe = "probe"
 )
 
@@ -100,7 +103,10 @@ var DefaultClusterNetworks = []netip.Prefix{
 }
 
 // Default is the proxy's Authorizer. In order:
-//   - traffic to a kubelet probe port is always allowed;
+//   - an HTTP GET or HEAD request whose path is the path of a kubelet HTTP probe on its port (DefaultOptions.ProbePaths)
+//     is allowed, whatever client sends it; the port's other requests are not;
+//   - traffic to the port of a kubelet TCP, gRPC or HTTPS probe (DefaultOptions.ProbePorts), HTTP or not, is allowed:
+//     the proxy cannot tell such a probe from other traffic to the port;
 //   - the port's authorizations (Request.Policy) may allow the client, and for HTTP the authorizations of every
 //     route whose matches the request meets;
 //   - otherwise the port's default policy decides:
@@ -111,6 +117,7 @@ var DefaultClusterNetworks = []netip.Prefix{
 //   - deny: nobody.
 type Default struct {
 	domainPrefix string // "spiffe://<trust domain>/"
+	probePaths   []ProbePath
 	probes       []uint16
 	networks     []netip.Prefix
 }
@@ -121,7 +128,11 @@ var _ Authorizer = (*Default)(nil)
 type DefaultOptions struct {
 	// TrustDomain is the cluster's trust domain. Default "cluster.local".
 	TrustDomain string
-	// ProbePorts are the container ports kubelet probes target; they are always allowed.
+	// ProbePaths are the paths of the kubelet's HTTP probes: GET and HEAD requests for them are allowed on their port.
+	// Default none.
+	ProbePaths []ProbePath
+	// ProbePorts are the container ports of the kubelet's TCP, gRPC and HTTPS probes: all traffic to them is allowed.
+	// Default none.
 	ProbePorts []uint16
 	// ClusterNetworks are the client networks cluster-authenticated admits without identity. Default
 	// DefaultClusterNetworks.
@@ -139,11 +150,15 @@ func NewDefault(o DefaultOptions) *Default {
 	if o.ClusterNetworks == nil {
 		o.ClusterNetworks = DefaultClusterNetworks
 	}
-	return &Default{domainPrefix: "spiffe://" + o.TrustDomain + "/", probes: o.ProbePorts, networks: o.ClusterNetworks}
+	return &Default{domainPrefix: "spiffe://" + o.TrustDomain + "/", probePaths: o.ProbePaths, probes: o.ProbePorts,
+		networks: o.ClusterNetworks}
 }
 
 // Authorize decides r.
 func (d *Default) Authorize(r Request) Decision {
+	if r.HTTP != nil && d.probeRequest(r.Port, r.HTTP) {
+		return Decision{Allow: true, Authorization: RuleProbe}
+	}
 	for _, p := range d.probes {
 		if p == r.Port {
 			return Decision{Allow: true, Authorization: RuleProbe}
@@ -183,6 +198,60 @@ func (d *Default) Authorize(r Request) Decision {
 	dec := d.byDefault(p, client, r.Identity)
 	dec.Route = route
 	return dec
+}
+
+// probeRequest reports whether r asks for the path of an HTTP probe of port with GET or HEAD. The request is read only
+// when the port has probe paths.
+func (d *Default) probeRequest(port uint16, r HTTPRequest) bool {
+	path, read := "", false
+	for i := range d.probePaths {
+		pp := &d.probePaths[i]
+		if pp.Port != port {
+			continue
+		}
+		if !read {
+			if m := r.Method(); m != "GET" && m != "HEAD" {
+				return false
+			}
+			path, read = r.Path(), true
+		}
+		if pp.Path == path {
+			return true
+		}
+	}
+	return false
+}
+
+// ProbePath is the path of a kubelet HTTP probe on a container port.
+type ProbePath struct {
+	// Port is the container port.
+	Port uint16
+	// Path is the request path, without the query; it starts with "/" and is compared exactly with the request's.
+	Path string
+}
+
+// ParseProbePaths parses a comma-separated list of port:path pairs ("8080:/healthz,8080:/ready"), the form the
+// injector writes; spaces around items are ignored and "" is an empty list.
+func ParseProbePaths(s string) ([]ProbePath, error) {
+	var out []ProbePath
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		port, path, ok := strings.Cut(item, ":")
+		if !ok {
+			return nil, fmt.Errorf("%q: want port:path", item)
+		}
+		n, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("%q: %q is not a port (1-65535)", item, port)
+		}
+		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \t?") {
+			return nil, fmt.Errorf("%q: the path must start with / and hold no space or query", item)
+		}
+		out = append(out, ProbePath{Port: uint16(n), Path: path})
+	}
+	return out, nil
 }
 
 // byDefault applies the policy's default.

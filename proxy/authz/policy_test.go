@@ -131,7 +131,8 @@ func meshPolicyDoc(defaultPolicy string) *proxyconfig.Inbound {
 
 func TestRoutesAndPorts(t *testing.T) {
 	table := compile(t, meshPolicyDoc(proxyconfig.PolicyAllUnauthenticated), map[string]string{"app": "web"})
-	d := NewDefault(DefaultOptions{ProbePorts: []uint16{8081}})
+	// The kubelet probes GET /healthz on 8080, the MeshPolicy's port, and 8081 with a TCP probe.
+	d := NewDefault(DefaultOptions{ProbePaths: []ProbePath{{8080, "/healthz"}}, ProbePorts: []uint16{8081}})
 	pod := netip.MustParseAddrPort("10.244.1.7:41000")
 	public := netip.MustParseAddrPort("203.0.113.9:41000")
 	for _, tc := range []struct {
@@ -158,8 +159,20 @@ func TestRoutesAndPorts(t *testing.T) {
 		{9090, nil, pod, "", Decision{Allow: true, Authorization: "default:cluster-authenticated"}},
 		{9090, nil, public, "", Decision{Authorization: "default:cluster-authenticated",
 			Reason: "default:cluster-authenticated: " + ReasonOutsideNetworks}},
-		// Other ports: the document's default; probes: always.
+		// Other ports: the document's default.
 		{7070, nil, public, "", Decision{Allow: true, Authorization: "default:all-unauthenticated"}},
+		// The probe's path is open to every client; the rest of the port keeps the MeshPolicy.
+		{8080, testRequest{"GET", "/healthz"}, public, "", Decision{Allow: true, Authorization: RuleProbe}},
+		{8080, testRequest{"HEAD", "/healthz"}, pod, idWeb, Decision{Allow: true, Authorization: RuleProbe}},
+		{8080, testRequest{"GET", "/healthz"}, pod, idCart, Decision{Allow: true, Authorization: RuleProbe}},
+		{8080, testRequest{"GET", "/"}, public, "", Decision{Authorization: "default:deny",
+			Reason: "default:deny: no authorization of shop/web allows the client"}},
+		{8080, testRequest{"POST", "/healthz"}, pod, idWeb, Decision{Authorization: "default:deny",
+			Reason: "default:deny: no authorization of shop/web allows the client"}},
+		{8080, nil, public, "", Decision{Authorization: "default:deny",
+			Reason: "default:deny: no authorization of shop/web allows the client"}},
+		// The port of a TCP probe is open to every client.
+		{8081, nil, public, "", Decision{Allow: true, Authorization: RuleProbe}},
 		{8081, testRequest{"GET", "/healthz"}, public, "", Decision{Allow: true, Authorization: RuleProbe}},
 	} {
 		got := d.Authorize(Request{Port: tc.port, Client: tc.client, Identity: tc.identity, HTTP: tc.req,
@@ -251,10 +264,11 @@ func TestSelectsEmptySelector(t *testing.T) {
 }
 
 // BenchmarkDecision measures the decision for a port with a MeshPolicy (two port authorizations checked before a
-// route) and one with the default policy only.
+// route) and two kubelet HTTP probes, and one with the default policy only.
 func BenchmarkDecision(b *testing.B) {
 	table := compile(b, meshPolicyDoc(proxyconfig.PolicyAllUnauthenticated), map[string]string{"app": "web"})
-	d := NewDefault(DefaultOptions{ProbePorts: []uint16{8081}})
+	d := NewDefault(DefaultOptions{ProbePaths: []ProbePath{{8080, "/healthz"}, {8080, "/ready"}},
+		ProbePorts: []uint16{8081}})
 	pod := netip.MustParseAddrPort("10.244.1.7:41000")
 	for _, bc := range []struct {
 		name  string
@@ -265,6 +279,7 @@ func BenchmarkDecision(b *testing.B) {
 		{"route", Request{Port: 8080, Client: pod, Identity: idProm, HTTP: testRequest{"GET", "/metrics"}}, true},
 		{"denied", Request{Port: 8080, Client: pod, Identity: idWeb, HTTP: testRequest{"POST", "/orders"}}, false},
 		{"default-policy", Request{Port: 9090, Client: pod, Identity: idWeb}, true},
+		{"probe-path", Request{Port: 8080, Client: pod, HTTP: testRequest{"GET", "/ready"}}, true},
 	} {
 		bc.r.Policy = table.Policy(bc.r.Port)
 		b.Run(bc.name, func(b *testing.B) {

@@ -51,7 +51,7 @@ type Options struct {
 	// directory, poll interval and source, the API server credentials, the identity service, trust domain, token
 	// and trust bundle files, cluster networks, detect timeout, grace period, shutdown endpoint and logger.
 	// PodNamespace is the node proxy's own namespace. The per-pod fields (ServiceAccount, PodName, PodIP,
-	// InboundProbePorts, OpaquePorts, PodLabelsFile) are not used: each pod brings its own.
+	// InboundProbePaths, InboundProbePorts, OpaquePorts, PodLabelsFile) are not used: each pod brings its own.
 	Proxy proxy.RunOptions
 	// NodeName is the node whose pods are served. Required.
 	NodeName string
@@ -360,6 +360,9 @@ func (r *runner) startLocked(p Pod) {
 	pp.grace.Store(int64(r.o.Proxy.GracePeriod))
 	pp.metrics.SetOutboundSource(pp.traffic.Stats)
 	var err error
+	if pp.probePaths, err = authz.ParseProbePaths(p.Annotations[wellknown.AnnotationInboundProbePaths]); err != nil {
+		pp.log.Warn("Ignoring the pod's probe paths", "annotation", wellknown.AnnotationInboundProbePaths, "error", err)
+	}
 	if pp.probes, err = proxy.ParsePorts(p.Annotations[wellknown.AnnotationInboundProbePorts]); err != nil {
 		pp.log.Warn("Ignoring the pod's probe ports", "annotation", wellknown.AnnotationInboundProbePorts, "error", err)
 	}
@@ -432,17 +435,18 @@ func (r *runner) count() int {
 
 // podProxy is the proxy of one pod.
 type podProxy struct {
-	log      *slog.Logger
-	store    *snapshot.Store
-	metrics  *metrics.Metrics
-	traffic  *snapshot.Traffic
-	probes   []uint16
-	opaque   []uint16
-	identity string            // SPIFFE ID; empty without mesh TLS
-	creds    *workload.Manager // nil without mesh TLS
-	cancel   context.CancelFunc
-	done     chan struct{}
-	grace    atomic.Int64 // drain bound when stopped, in nanoseconds
+	log        *slog.Logger
+	store      *snapshot.Store
+	metrics    *metrics.Metrics
+	traffic    *snapshot.Traffic
+	probePaths []authz.ProbePath
+	probes     []uint16
+	opaque     []uint16
+	identity   string            // SPIFFE ID; empty without mesh TLS
+	creds      *workload.Manager // nil without mesh TLS
+	cancel     context.CancelFunc
+	done       chan struct{}
+	grace      atomic.Int64 // drain bound when stopped, in nanoseconds
 
 	pod Pod // guarded by runner.mu
 
@@ -571,7 +575,7 @@ func (r *runner) preparePod(ctx context.Context, pp *podProxy) (*netns.Handle, e
 // reached from inside its namespace.
 func (r *runner) proxyOptions(pp *podProxy, h *netns.Handle) proxy.Options {
 	po := proxy.Options{Store: pp.store, Metrics: pp.metrics, Log: pp.log, OwnPorts: r.own,
-		Authorizer: authz.NewDefault(authz.DefaultOptions{TrustDomain: r.td, ProbePorts: pp.probes,
+		Authorizer: authz.NewDefault(authz.DefaultOptions{TrustDomain: r.td, ProbePaths: pp.probePaths, ProbePorts: pp.probes,
 			ClusterNetworks: r.o.Proxy.ClusterNetworks})}
 	app := appConnector{ns: h, store: pp.store}
 	if pp.creds == nil {

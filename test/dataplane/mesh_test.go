@@ -142,7 +142,7 @@ func writePKI(t *testing.T, dir string, serviceAccounts ...string) (bundle strin
 // configured through the TRELLIS_PROXY_* environment the injector sets, and the identity service in the second pod.
 // It checks that HTTP and TCP between the pods go over mesh TLS 1.3 (with tshark on the wire when it is installed),
 // that the server's proxy sees the client's identity, that a plaintext client is refused by the all-authenticated
-// policy while the probe port stays open, and that both proxies stop cleanly.
+// policy while the probe path stays open (and the rest of its port does not), and that both proxies stop cleanly.
 func TestMeshInterception(t *testing.T) {
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -263,7 +263,7 @@ func TestMeshInterception(t *testing.T) {
 			"TRELLIS_PROXY_SERVICE_ACCOUNT=" + sa,
 			"TRELLIS_PROXY_POD_IP=" + podIP,
 			"TRELLIS_PROXY_OPAQUE_PORTS=7070",
-			"TRELLIS_PROXY_INBOUND_PROBE_PORTS=9091",
+			"TRELLIS_PROXY_INBOUND_PROBE_PATHS=9091:/healthz",
 			"TRELLIS_PROXY_LOG_LEVEL=debug",
 			"TRELLIS_PROXY_CONFIG_DIR=" + cfgDir,
 		}, "setpriv", fmt.Sprintf("--reuid=%d", proxyUID), fmt.Sprintf("--regid=%d", proxyUID), "--clear-groups",
@@ -293,10 +293,10 @@ func TestMeshInterception(t *testing.T) {
 	// Capture pod B's side of the wire while the meshed requests run, when tshark is there.
 	var capture string
 	var stopCapture func()
+	capLogs := &lockedBuffer{}
 	if tshark, err := exec.LookPath("tshark"); err == nil {
 		capture = filepath.Join(dir, "mesh.pcapng")
 		c := exec.Command("ip", "netns", "exec", e.peer, tshark, "-q", "-i", vethB, "-w", capture, "-f", "tcp port 9090 or tcp port 7070")
-		capLogs := &lockedBuffer{}
 		c.Stdout, c.Stderr = capLogs, capLogs
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
@@ -306,7 +306,16 @@ func TestMeshInterception(t *testing.T) {
 			_ = c.Wait()
 		}
 		t.Cleanup(stopCapture)
-		waitFor(t, func() bool { return strings.Contains(capLogs.String(), "Capturing on") })
+		// "Capturing on" comes when tshark starts dumpcap, "Capture started" once dumpcap captures; a tshark that
+		// does not print the latter gets two seconds after the former.
+		var announced time.Time
+		waitFor(t, func() bool {
+			logs := capLogs.String()
+			if announced.IsZero() && strings.Contains(logs, "Capturing on") {
+				announced = time.Now()
+			}
+			return strings.Contains(logs, "Capture started") || !announced.IsZero() && time.Since(announced) > 2*time.Second
+		})
 	} else {
 		t.Log("tshark not installed: the wire is not captured")
 	}
@@ -328,6 +337,15 @@ func TestMeshInterception(t *testing.T) {
 		}
 	})
 	if stopCapture != nil {
+		// dumpcap hands packets over in blocks, up to a second late, and a capture stopped sooner loses them: wait
+		// until the file holds the server side of both meshed connections (at most ten seconds), then stop.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			out, _ := exec.Command("tshark", "-r", capture, "-d", "tcp.port==9090,tls", "-d", "tcp.port==7070,tls",
+				"-Y", "tls.handshake.type == 2", "-T", "fields", "-e", "frame.number").Output()
+			if len(strings.Fields(string(out))) >= 2 {
+				break
+			}
+		}
 		stopCapture()
 	}
 	t.Run("plaintext client refused by all-authenticated", func(t *testing.T) {
@@ -338,10 +356,15 @@ func TestMeshInterception(t *testing.T) {
 			t.Fatalf("got %q, %v", out, err)
 		}
 	})
-	t.Run("probe port open to plaintext", func(t *testing.T) {
+	t.Run("probe path open to plaintext, the rest of its port is not", func(t *testing.T) {
 		out, err := curl(e.pod, "http://"+meshPodB+":9091/healthz")
 		if err != nil || !strings.HasPrefix(out, "probe saw GET /healthz") {
 			t.Fatalf("got %q, %v", out, err)
+		}
+		out, err = curl(e.pod, "-i", "http://"+meshPodB+":9091/admin")
+		if err != nil || !strings.HasPrefix(out, "HTTP/1.1 403") ||
+			!strings.Contains(out, "trellis-deny-reason: default:all-authenticated: client is not authenticated") {
+			t.Fatalf("GET /admin on the probe port: got %q, %v", out, err)
 		}
 	})
 	t.Run("metrics carry identities", func(t *testing.T) {
@@ -360,6 +383,7 @@ func TestMeshInterception(t *testing.T) {
 			{b, `tcp_open_total{client_id="` + idA + `",direction="inbound",dst_namespace="",dst_service="",server_id="",tls="true"} 2`},
 			{b, `inbound_http_authz_deny_total{authority="` + meshPodB + `:9090",client_id="",route="",rule="default:all-authenticated",target_port="9090",tls="false"} 1`},
 			{b, `inbound_http_authz_allow_total{authority="` + meshPodB + `:9091",client_id="",route="",rule="probe",target_port="9091",tls="false"} 1`},
+			{b, `inbound_http_authz_deny_total{authority="` + meshPodB + `:9091",client_id="",route="",rule="default:all-authenticated",target_port="9091",tls="false"} 1`},
 			{b, `mtls_handshake_total{direction="inbound",result="success"} 2`},
 			{b, `identity_cert_refresh_total{result="success"} 1`},
 			{b, "identity_cert_expiration_timestamp_seconds "},
@@ -404,6 +428,10 @@ func TestMeshInterception(t *testing.T) {
 			}
 			if plain := fields("http.request or frame contains \"GET /hello\" or frame contains \"opaque over\"", "frame.number"); plain != "" {
 				t.Errorf("plaintext on the wire:\n%s", plain)
+			}
+			if t.Failed() {
+				out, err := exec.Command("tshark", "-r", capture, "-c", "40").CombinedOutput()
+				t.Logf("tshark printed:\n%s\nthe capture (%v):\n%s", capLogs.String(), err, out)
 			}
 		})
 	}

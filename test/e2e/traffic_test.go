@@ -37,8 +37,12 @@ func echoWorkload(name, sa string, labels map[string]string, ports []int, annota
         env:
         - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-        ports: [{containerPort: %d}]
-        readinessProbe: {httpGet: {path: /healthz, port: %d}, periodSeconds: 2}`, i, echoImage, p, p, p)
+        ports: [{containerPort: %d}]`, i, echoImage, p, p)
+		// Only the first port is probed: the probe of an opaque port would open that whole port to every client.
+		if i == 0 {
+			fmt.Fprintf(&containers, `
+        readinessProbe: {httpGet: {path: /healthz, port: %d}, periodSeconds: 2}`, p)
+		}
 	}
 	return fmt.Sprintf(`
 apiVersion: v1
