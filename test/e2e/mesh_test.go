@@ -145,6 +145,22 @@ func rollout(ctx context.Context, t *testing.T, ns string) {
 			t.Fatal(err)
 		}
 	}
+	// A rollout is done when the old pods are gone, not only when the new ones are ready: until then the Service
+	// still sends connections to a pod that is stopping.
+	if err := env.WaitFor(ctx, 2*time.Minute, "the old pods of "+ns+" to go", func(ctx context.Context) (bool, error) {
+		var pods corev1.PodList
+		if err := env.Client.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+			return false, err
+		}
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp != nil {
+				return false, nil
+			}
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func deployShop(ctx context.Context, t *testing.T, ns string) {
