@@ -22,8 +22,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -146,12 +148,37 @@ func ratings(args []string) error {
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)
+	stop, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer cancel()
+	go func() {
+		<-stop.Done()
+		s.GracefulStop()
+	}()
 	return s.Serve(l)
 }
 
+// serve serves h on addr until SIGTERM, then finishes the requests in flight (at most shutdownGrace) and returns nil,
+// so a stopped pod's container ends as Completed rather than Error.
 func serve(addr string, h http.Handler) error {
 	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	return srv.ListenAndServe()
+	return serveUntilStopped(srv)
+}
+
+const shutdownGrace = 5 * time.Second
+
+func serveUntilStopped(srv *http.Server) error {
+	stop, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	select {
+	case err := <-errc:
+		return err
+	case <-stop.Done():
+	}
+	ctx, done := context.WithTimeout(context.Background(), shutdownGrace)
+	defer done()
+	return srv.Shutdown(ctx)
 }
 
 func load(args []string) error {
