@@ -89,7 +89,12 @@ func TestHTTPRoutesRenderedIntoTheProxyConfig(t *testing.T) {
 		CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{serviceParent("web-v2", 8080)}},
 		Rules:           []gatewayv1.HTTPRouteRule{{BackendRefs: []gatewayv1.HTTPBackendRef{backendRef("web-v9", 8080, 1)}}},
 	}}
-	create(t, c, route, split, rewrite, missing)
+	policy := &meshv1alpha1.MeshPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web"}, Spec: meshv1alpha1.MeshPolicySpec{
+		TargetRef: &meshv1alpha1.PolicyTargetReference{Kind: "Service", Name: "web"},
+		Timeouts:  &meshv1alpha1.Timeouts{Request: &metav1.Duration{Duration: 3 * time.Second}},
+		Routes:    []meshv1alpha1.Route{{Name: "items", Matches: []meshv1alpha1.HTTPMatch{{Path: &meshv1alpha1.PathMatch{Type: "PathPrefix", Value: "/items"}}}}},
+	}}
+	create(t, c, route, split, rewrite, missing, policy)
 
 	routeCondition(t, c, route, meshv1alpha1.ConditionAccepted, metav1.ConditionTrue, meshv1alpha1.ReasonAccepted, "")
 	routeCondition(t, c, rewrite, meshv1alpha1.ConditionAccepted, metav1.ConditionFalse, render.ReasonUnsupportedValue, "filter URLRewrite")
@@ -104,16 +109,35 @@ func TestHTTPRoutesRenderedIntoTheProxyConfig(t *testing.T) {
 		}
 		return nil
 	})
+	eventually(t, "the policy's routes said not to apply", func() error {
+		if err := c.Get(testCtx(t), client.ObjectKeyFromObject(policy), policy); err != nil {
+			return err
+		}
+		cond := meta.FindStatusCondition(policy.Status.Conditions, meshv1alpha1.ConditionAccepted)
+		if cond == nil || cond.Status != metav1.ConditionTrue || !strings.Contains(cond.Message, "spec.routes do not apply: HTTPRoute gamma/web routes Service web") {
+			return fmt.Errorf("got %+v", cond)
+		}
+		return nil
+	})
 	eventually(t, "the route's rules in the configuration", func() error {
 		cfg, _, err := proxyConfigIn(t, c, ns)
 		if err != nil {
 			return err
 		}
 		web := findService(cfg, "web", 8080)
-		if web == nil || len(web.Routes) != 2 {
+		// The HTTPRoute's two rules, then the 404 for requests neither matches; not the MeshPolicy's route.
+		if web == nil || len(web.Routes) != 3 {
 			return fmt.Errorf("web: %+v", web)
 		}
-		canary, rest := web.Routes[0], web.Routes[1]
+		canary, rest, unmatched := web.Routes[0], web.Routes[1], web.Routes[2]
+		if unmatched.Name != render.UnmatchedRouteName || unmatched.DirectResponse == nil || unmatched.DirectResponse.Status != 404 ||
+			len(unmatched.Matches) != 0 || !strings.Contains(unmatched.DirectResponse.Reason, "Service gamma/web port 8080") {
+			return fmt.Errorf("unmatched route: %+v", unmatched)
+		}
+		// The policy's timeout applies to the rule that sets none.
+		if rest.Timeout == nil || rest.Timeout.Duration != 3*time.Second {
+			return fmt.Errorf("default rule's timeout: %+v", rest.Timeout)
+		}
 		if canary.Name != "web-0" || canary.Timeout.Duration != 2*time.Second || canary.RequestHeaders == nil ||
 			canary.RequestHeaders.Set[0].Value != "canary" || len(canary.Backends) != 1 || canary.Backends[0].Name != "web-v2:8080" {
 			return fmt.Errorf("canary rule: %+v", canary)

@@ -111,8 +111,11 @@ func TestDaemonSetModeRendersTheNodeProxy(t *testing.T) {
 	if err := c.Get(testCtx(t), client.ObjectKey{Name: "dsm"}, m); err != nil {
 		t.Fatal(err)
 	}
+	// A merge patch, not an update: the reconciler writes the Mesh's status meanwhile, which would make an update of
+	// the read version conflict.
+	patch := client.MergeFrom(m.DeepCopy())
 	m.Spec.Proxy.Mode = meshv1alpha1.ProxyModeSidecar
-	if err := c.Update(testCtx(t), m); err != nil {
+	if err := c.Patch(testCtx(t), m, patch); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the node proxy's objects pruned", func() error {

@@ -88,14 +88,15 @@ func (r *MeshReconciler) reconcileProxyConfig(ctx context.Context, s *meshScope)
 	for _, ns := range s.namespaces {
 		meshed[ns] = true
 	}
-	policyVerdicts := render.EvaluatePolicies(snap.policies, meshed, snap.Services)
 	routeVerdicts := render.EvaluateHTTPRoutes(snap.routes, meshed, snap.Services)
 	for _, rt := range snap.routes {
 		if routeVerdicts[client.ObjectKeyFromObject(&rt)].Accepted {
 			snap.HTTPRoutes = append(snap.HTTPRoutes, rt)
 		}
 	}
-	splitVerdicts := render.EvaluateSplits(snap.splits, meshed, snap.Services, render.RoutedServices(snap.HTTPRoutes))
+	routed := render.RoutedServices(snap.HTTPRoutes)
+	policyVerdicts := render.EvaluatePolicies(snap.policies, meshed, snap.Services, routed)
+	splitVerdicts := render.EvaluateSplits(snap.splits, meshed, snap.Services, routed)
 	for _, p := range snap.policies {
 		if v := policyVerdicts[client.ObjectKeyFromObject(&p)]; v.Accepted && v.ResolvedRefs {
 			snap.Policies = append(snap.Policies, p)
@@ -169,7 +170,7 @@ func (r *MeshReconciler) reportUnmeshed(ctx context.Context, s *meshScope) error
 		}
 	}
 	none := map[string]bool{}
-	if err := r.writePolicyStatuses(ctx, strayPolicies, render.EvaluatePolicies(strayPolicies, none, nil)); err != nil {
+	if err := r.writePolicyStatuses(ctx, strayPolicies, render.EvaluatePolicies(strayPolicies, none, nil, nil)); err != nil {
 		return err
 	}
 	return r.writeSplitStatuses(ctx, straySplits, render.EvaluateSplits(straySplits, none, nil, nil))

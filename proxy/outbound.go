@@ -48,6 +48,10 @@ func (r *outboundRouter) route(req snapshot.Request) (t outboundTarget) {
 		return t
 	}
 	t.rt = t.svc.Route(req)
+	if t.rt.DirectStatus != 0 {
+		t.status, t.reason = t.rt.DirectStatus, t.rt.DirectReason
+		return t
+	}
 	t.be = t.rt.Backend()
 	switch {
 	case t.be == nil:

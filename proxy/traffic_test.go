@@ -507,6 +507,42 @@ func TestTrafficSplit(t *testing.T) {
 	}
 }
 
+// TestDirectResponse checks a route the proxy answers itself, as the catch-all the reconciler renders after a
+// Service's HTTPRoute rules: requests the rule matches reach the backend, the others get 404 with the reason and never
+// leave the proxy; a gRPC call gets UNIMPLEMENTED.
+func TestDirectResponse(t *testing.T) {
+	backend := okBackend(t, "web")
+	const reason = "no HTTPRoute rule of Service shop/web port 80 matches the request"
+	h := newHarness(t, webConfig(t, "1", func(_ *proxyconfig.Config, svc *proxyconfig.Service) {
+		svc.Backends = []proxyconfig.Backend{{Name: "web", Endpoints: endpoints(backend.addr)}}
+		svc.Routes = []proxyconfig.Route{
+			{Name: "api", Matches: []proxyconfig.Match{{Path: &proxyconfig.PathMatch{Type: "PathPrefix", Value: "/load"}}},
+				Backends: []proxyconfig.BackendRef{{Name: "web"}}},
+			{Name: "unmatched", DirectResponse: &proxyconfig.DirectResponse{Status: 404, Reason: reason}},
+		}
+	}))
+	res := h.load(200, 2, func(i int, r *http.Request) {
+		if i%2 == 1 {
+			r.URL.Path = "/elsewhere"
+		}
+	})
+	t.Logf("statuses %v, reasons %v, backend hits %d", res.statuses, res.reasons, backend.hits.Load())
+	if res.statuses[200] != 100 || res.statuses[404] != 100 || res.reasons[reason] != 100 {
+		t.Errorf("statuses %v, reasons %v; want 100 answered 200 and 100 answered 404 with %q", res.statuses, res.reasons, reason)
+	}
+	if n := h.counter("response_total", map[string]string{"route": "unmatched", "status_code": "404"}); n != 100 {
+		t.Errorf("response_total{route=unmatched,status_code=404} = %v, want 100", n)
+	}
+	if hits := backend.hits.Load(); hits != 100 {
+		t.Errorf("the backend got %d requests, want the 100 the route matches", hits)
+	}
+	// The health check's path matches no rule either.
+	code, msg := grpcCheck(t, h.out, 5*time.Second)
+	if code != codes.Unimplemented || msg != reason {
+		t.Errorf("gRPC status %v %q, want UNIMPLEMENTED with %q", code, msg, reason)
+	}
+}
+
 // TestRequestTimeouts checks that a request the proxy times out gets 504 with a trellis-proxy-error saying so, for
 // HTTP/1 and HTTP/2, and that a per-try timeout retries on another endpoint, which answers.
 func TestRequestTimeouts(t *testing.T) {

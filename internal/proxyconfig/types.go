@@ -183,6 +183,18 @@ type Route struct {
 	RequestHeaders *HeaderModifier `json:"requestHeaders,omitempty"`
 	// ResponseHeaders changes the response's headers before it is returned. Default: none.
 	ResponseHeaders *HeaderModifier `json:"responseHeaders,omitempty"`
+	// DirectResponse makes the proxy answer the route's requests itself, without forwarding them; Backends, Retry and
+	// the header modifiers must then be empty. Default: none (requests are forwarded).
+	DirectResponse *DirectResponse `json:"directResponse,omitempty"`
+}
+
+// DirectResponse is an answer the proxy gives without forwarding the request: the status, with the reason in the
+// Trellis-Proxy-Error header (for gRPC, the status mapped to a gRPC code).
+type DirectResponse struct {
+	// Status is the HTTP status, 200-599. Required.
+	Status int32 `json:"status"`
+	// Reason says why, in the Trellis-Proxy-Error header and the proxy's log. Default: the status text.
+	Reason string `json:"reason,omitempty"`
 }
 
 // HeaderModifier changes HTTP headers, in the order Remove, Set, Add (the Gateway API's semantics).

@@ -211,6 +211,34 @@ func validateRoutes(s *Service, p *field.Path) field.ErrorList {
 		}
 		errs = append(errs, validateHeaderModifier(r.RequestHeaders, rp.Child("requestHeaders"))...)
 		errs = append(errs, validateHeaderModifier(r.ResponseHeaders, rp.Child("responseHeaders"))...)
+		errs = append(errs, validateDirectResponse(r, rp)...)
+	}
+	return errs
+}
+
+// validateDirectResponse checks a route the proxy answers itself: a status it can send, and nothing that only
+// forwarded requests use.
+func validateDirectResponse(r *Route, p *field.Path) field.ErrorList {
+	d := r.DirectResponse
+	if d == nil {
+		return nil
+	}
+	var errs field.ErrorList
+	dp := p.Child("directResponse")
+	if d.Status < 200 || d.Status > 599 {
+		errs = append(errs, field.Invalid(dp.Child("status"), d.Status, "must be an HTTP status from 200 to 599"))
+	}
+	if strings.ContainsAny(d.Reason, "\r\n") {
+		errs = append(errs, field.Invalid(dp.Child("reason"), d.Reason, "must be one line (it is sent in a header)"))
+	}
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"backends", len(r.Backends) > 0}, {"retry", r.Retry != nil}, {"requestHeaders", r.RequestHeaders != nil},
+		{"responseHeaders", r.ResponseHeaders != nil}} {
+		if f.set {
+			errs = append(errs, field.Forbidden(p.Child(f.name), "a route with a directResponse forwards nothing"))
+		}
 	}
 	return errs
 }

@@ -205,6 +205,16 @@ func routesFromHTTPRoutes(idx *endpointIndex, svc *corev1.Service, port corev1.S
 	return routes, backends
 }
 
+// UnmatchedRouteName names the last route of a Service port that HTTPRoutes route: the proxy answers the requests
+// that no rule matches with 404 on it (the "route" metric label).
+const UnmatchedRouteName = "unmatched"
+
+// unmatchedRoute is the catch-all after the HTTPRoute rules of a Service port.
+func unmatchedRoute(svc *corev1.Service, port int32) proxyconfig.Route {
+	return proxyconfig.Route{Name: UnmatchedRouteName, DirectResponse: &proxyconfig.DirectResponse{Status: 404,
+		Reason: fmt.Sprintf("no HTTPRoute rule of Service %s/%s port %d matches the request", svc.Namespace, svc.Name, port)}}
+}
+
 // attachedRoutes returns the HTTPRoutes attached to Service svc on port, oldest first.
 func attachedRoutes(routes []gatewayv1.HTTPRoute, svc *corev1.Service, port int32) []*gatewayv1.HTTPRoute {
 	var out []*gatewayv1.HTTPRoute

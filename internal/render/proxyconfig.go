@@ -96,8 +96,12 @@ func ProxyConfig(s *ProxySnapshot) *proxyconfig.Config {
 					timeout, retry = requestTimeout(policy.Spec.Timeouts), retryPolicy(policy.Spec.Retries)
 				}
 				entry.Routes, entry.Backends = routesFromHTTPRoutes(idx, svc, port, attached, entry.Backends, m.Spec.TrustDomain, timeout, retry)
+				// GAMMA: the HTTPRoutes decide every HTTP request to the port; one that no rule matches gets 404.
+				// A MeshPolicy's routes do not apply here (EvaluatePolicies says so in the policy's status).
+				entry.Routes = append(entry.Routes, unmatchedRoute(svc, port.Port))
+			} else {
+				entry.Routes = append(entry.Routes, routesFor(policy, split)...)
 			}
-			entry.Routes = append(entry.Routes, routesFor(policy, split)...)
 			cfg.Services = append(cfg.Services, entry)
 		}
 	}

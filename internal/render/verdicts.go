@@ -67,8 +67,10 @@ func olderObject(a, b metav1.Object) bool {
 }
 
 // EvaluatePolicies decides which MeshPolicies are in force. meshed holds the namespaces of the mesh; services the
-// Services of those namespaces.
-func EvaluatePolicies(policies []meshv1alpha1.MeshPolicy, meshed map[string]bool, services []corev1.Service) map[types.NamespacedName]Verdict {
+// Services of those namespaces; routed the Services HTTPRoutes route (RoutedServices): the routes of a policy of such
+// a Service do not apply, which its Accepted message says.
+func EvaluatePolicies(policies []meshv1alpha1.MeshPolicy, meshed map[string]bool, services []corev1.Service,
+	routed map[types.NamespacedName]string) map[types.NamespacedName]Verdict {
 	idx := indexServices(services)
 	sorted := sortedByAge(policies)
 	verdicts := map[types.NamespacedName]Verdict{}
@@ -93,6 +95,11 @@ func EvaluatePolicies(policies []meshv1alpha1.MeshPolicy, meshed map[string]bool
 				continue
 			}
 			v = resolvePolicyTarget(v, idx, svcKey, p.Spec.Ports)
+			if route, ok := routed[svcKey]; ok && len(p.Spec.Routes) > 0 {
+				v.AcceptedMessage = fmt.Sprintf("Accepted, but spec.routes do not apply: HTTPRoute %s routes Service %s, so "+
+					"its rules decide where requests go and requests no rule matches get 404; the policy's timeouts, "+
+					"retries, load balancing, circuit breaking and authorization still apply", route, ref.Name)
+			}
 		}
 		verdicts[key] = v
 	}

@@ -5,6 +5,7 @@ package snapshot
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -74,6 +75,10 @@ type Route struct {
 	RequestHeaders, ResponseHeaders *headers.Modifier
 	// Metrics records the route's requests and responses to endpoints without mesh TLS.
 	Metrics *metrics.Route
+	// DirectStatus, when not 0, is the status the proxy answers the route's requests with itself, DirectReason saying
+	// why; the route has no backends then.
+	DirectStatus int
+	DirectReason string
 
 	meshMetrics map[string]*metrics.Route // by endpoint identity, when mesh TLS is on
 	matches     []match
@@ -420,6 +425,13 @@ func compileService(cs *proxyconfig.Service, c *proxyconfig.Config, d *proxyconf
 			return nil, err
 		}
 		rt.RequestHeaders, rt.ResponseHeaders = modifier(r.RequestHeaders), modifier(r.ResponseHeaders)
+		if d := r.DirectResponse; d != nil {
+			rt.DirectStatus, rt.DirectReason = int(d.Status), d.Reason
+			if rt.DirectReason == "" {
+				rt.DirectReason = http.StatusText(rt.DirectStatus)
+			}
+			rt.backends, rt.cumul = nil, nil
+		}
 		for _, m := range r.Matches {
 			cm, err := compileMatch(m)
 			if err != nil {
