@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/identity/workload"
 	"github.com/trellis-mesh/trellis/proxy"
+	"github.com/trellis-mesh/trellis/proxy/admin"
 	"github.com/trellis-mesh/trellis/proxy/authz"
 	"github.com/trellis-mesh/trellis/proxy/node"
 	"github.com/trellis-mesh/trellis/proxy/node/netns"
@@ -21,7 +23,8 @@ func main() {
 	var o proxy.RunOptions
 	var no node.Options
 	fs := flag.NewFlagSet("proxy", flag.ExitOnError)
-	mode := fs.String("mode", "sidecar", "sidecar: serve the pod the proxy runs in; node: serve every meshed pod of the node (DaemonSet mode, see docs/daemonset-mode.md).")
+	mode := fs.String("mode", "sidecar", "sidecar: serve the pod the proxy runs in; node: serve every meshed pod of the node (DaemonSet mode, see docs/daemonset-mode.md); await: wait until the proxy at --admin-addr is ready, then exit (the classic sidecar's postStart hook).")
+	awaitTimeout := fs.Duration("await-timeout", 2*time.Minute, "Await mode: how long to wait for the proxy to be ready before exiting with an error.")
 	fs.StringVar(&no.NodeName, "node-name", "", "Node mode: the node whose meshed pods are served (downward API spec.nodeName).")
 	fs.StringVar(&no.NetNSDir, "netns-dir", netns.DefaultDir, "Node mode: the folder of the pods' network namespace files (the container runtime's, mounted from the host).")
 	fs.StringVar(&no.ConfigNamespace, "config-namespace", "", "Node mode: namespace of the configuration ConfigMaps (default: --pod-namespace, the node proxy's own).")
@@ -71,13 +74,22 @@ func main() {
 	}
 	o.Log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	switch *mode {
+	case "await":
+		ctx, cancel := context.WithTimeout(context.Background(), *awaitTimeout)
+		err = admin.AwaitReady(ctx, o.AdminAddr, 100*time.Millisecond)
+		cancel()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
 	case "sidecar":
 		err = proxy.Run(context.Background(), o)
 	case "node":
 		no.Proxy = o
 		err = node.Run(context.Background(), no)
 	default:
-		fmt.Fprintf(os.Stderr, "--mode %q: want sidecar or node\n", *mode)
+		fmt.Fprintf(os.Stderr, "--mode %q: want sidecar, node or await\n", *mode)
 		os.Exit(2)
 	}
 	if err != nil {

@@ -32,6 +32,8 @@ const (
 	ProxyContainerName = "trellis-proxy"
 	// InitCommand is proxy-init's path in its image.
 	InitCommand = "/proxy-init"
+	// ProxyCommand is the proxy's path in its image.
+	ProxyCommand = "/proxy"
 
 	// AdminPortName, InboundPortName and OutboundPortName name the proxy's container ports. Port names are at most
 	// 15 characters, hence "trellis-out".
@@ -158,6 +160,11 @@ func InjectPodSpec(meta *metav1.ObjectMeta, spec *corev1.PodSpec, p Params) (cha
 		proxy.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
 		spec.InitContainers = append([]corev1.Container{initContainer(p), proxy}, spec.InitContainers...)
 	} else {
+		// The kubelet starts a pod's containers in order and the next one only after the previous one's postStart
+		// hook returns: the application starts once the proxy is ready, as it does after a native sidecar's
+		// startup probe. A hook that fails restarts the proxy container.
+		proxy.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{
+			Command: []string{ProxyCommand, "--mode=await", "--await-timeout=" + AwaitTimeout}}}}
 		spec.InitContainers = append([]corev1.Container{initContainer(p)}, spec.InitContainers...)
 		spec.Containers = append([]corev1.Container{proxy}, spec.Containers...)
 	}
@@ -236,8 +243,9 @@ func awaitContainer(p Params) corev1.Container {
 	}
 }
 
-// AwaitTimeout is how long trellis-await waits for the node proxy before it fails (and the kubelet restarts it,
-// or fails the pod of a Job that does not restart): as long as a sidecar's startup probe allows.
+// AwaitTimeout is how long trellis-await waits for the node proxy, and the classic sidecar's postStart hook for the
+// proxy, before it fails (and the kubelet restarts it, or fails the pod of a Job that does not restart): as long as a
+// native sidecar's startup probe allows.
 const AwaitTimeout = "2m"
 
 // AwaitUID is the unprivileged user trellis-await runs as.

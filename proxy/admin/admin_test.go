@@ -1,12 +1,16 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/trellis-mesh/trellis/proxy/metrics"
 	"github.com/trellis-mesh/trellis/proxy/snapshot"
@@ -61,4 +65,41 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("POST /shutdown = %d", code)
 	}
 	<-shutdowns
+}
+
+// TestAwaitReady checks the postStart wait against a real listener: it returns once /ready answers 200, and fails
+// with the last answer when the deadline comes first.
+func TestAwaitReady(t *testing.T) {
+	var ready atomic.Bool
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if r.URL.Path != "/ready" || !ready.Load() {
+			http.Error(w, "no configuration loaded", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	}))
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	err := AwaitReady(ctx, ":"+port, 20*time.Millisecond)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "503 no configuration loaded") {
+		t.Fatalf("AwaitReady before ready: %v, want the last answer in the error", err)
+	}
+	time.AfterFunc(100*time.Millisecond, func() { ready.Store(true) })
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	before := calls.Load()
+	if err := AwaitReady(ctx, "0.0.0.0:"+port, 20*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load()-before < 2 {
+		t.Errorf("%d polls: the wait returned before the proxy was ready", calls.Load()-before)
+	}
+	if err := AwaitReady(ctx, "nonsense", time.Millisecond); err == nil {
+		t.Error("AwaitReady accepted an address without a port")
+	}
 }

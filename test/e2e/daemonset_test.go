@@ -39,14 +39,19 @@ const (
 // setProxyMode sets the sample Mesh's spec.proxy.mode and waits until the Mesh is Ready for that generation.
 func setProxyMode(ctx context.Context, t *testing.T, mode string) {
 	t.Helper()
+	patchMesh(ctx, t, fmt.Sprintf(`{"spec":{"proxy":{"mode":%q}}}`, mode), "the Mesh Ready in "+mode+" mode")
+}
+
+// patchMesh merge-patches the default Mesh and waits until it has reconciled the new generation and is Ready.
+func patchMesh(ctx context.Context, t *testing.T, patch, what string) {
+	t.Helper()
 	m := &unstructured.Unstructured{}
 	m.SetGroupVersionKind(schema.GroupVersionKind{Group: "mesh.trellis.io", Version: "v1alpha1", Kind: "Mesh"})
 	m.SetName("default")
-	patch := fmt.Sprintf(`{"spec":{"proxy":{"mode":%q}}}`, mode)
 	if err := env.Client.Patch(ctx, m, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.WaitFor(ctx, 4*time.Minute, "the Mesh Ready in "+mode+" mode", func(ctx context.Context) (bool, error) {
+	if err := env.WaitFor(ctx, 4*time.Minute, what, func(ctx context.Context) (bool, error) {
 		if err := env.Client.Get(ctx, client.ObjectKey{Name: "default"}, m); err != nil {
 			return false, err
 		}
