@@ -51,6 +51,21 @@ func scaleManager(ctx context.Context, t *testing.T, replicas int32) {
 	}
 }
 
+// containerStarted reports whether the kubelet has recorded a Started event for a container of a pod.
+func containerStarted(ctx context.Context, ns, pod, container string) (bool, error) {
+	var events corev1.EventList
+	if err := env.Client.List(ctx, &events, client.InNamespace(ns)); err != nil {
+		return false, err
+	}
+	for _, e := range events.Items {
+		if e.InvolvedObject.Kind == "Pod" && e.InvolvedObject.Name == pod && e.Reason == "Started" &&
+			e.InvolvedObject.FieldPath == "spec.containers{"+container+"}" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // containerStatus returns the status of a pod's regular container, or nil.
 func containerStatus(p *corev1.Pod, name string) *corev1.ContainerStatus {
 	for i := range p.Status.ContainerStatuses {
@@ -120,12 +135,9 @@ spec:
 	if err := env.Client.Patch(ctx, &pod, patch); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.WaitFor(ctx, 2*time.Minute, "the proxy container of "+pod.Name+" to run", func(ctx context.Context) (bool, error) {
-		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(&pod), &pod); err != nil {
-			return false, err
-		}
-		s := containerStatus(&pod, inject.ProxyContainerName)
-		return s != nil && (s.State.Running != nil || s.State.Terminated != nil), nil
+	// The kubelet reports the container's state only once its postStart hook has returned: its event says it started.
+	if err := env.WaitFor(ctx, 2*time.Minute, "the proxy container of "+pod.Name+" to start", func(ctx context.Context) (bool, error) {
+		return containerStarted(ctx, ns, pod.Name, inject.ProxyContainerName)
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -134,9 +146,13 @@ spec:
 		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(&pod), &pod); err != nil {
 			t.Fatal(err)
 		}
-		if s := containerStatus(&pod, "app"); s != nil && (s.State.Running != nil || s.State.Terminated != nil) {
+		started, err := containerStarted(ctx, ns, pod.Name, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := containerStatus(&pod, "app"); started || s != nil && (s.State.Running != nil || s.State.Terminated != nil) {
 			logs, _ := env.Logs(ctx, ns, pod.Name, "app")
-			t.Fatalf("the application started while its proxy had no certificate: %+v; log: %s", s.State, logs)
+			t.Fatalf("the application started while its proxy had no certificate: %+v; log: %s", s, logs)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
