@@ -42,22 +42,23 @@ func envOr(name, fallback string) string {
 
 func main() {
 	var (
-		metricsAddr   string
-		metricsSecure bool
-		probeAddr     string
-		leaderElect   bool
-		leaderElectNS string
-		identityMesh  string
-		identityAddr  string
-		clusterDomain string
-		injection     bool
-		webhookPort   int
-		webhookDir    string
-		webhookSvc    string
-		webhookSvcNS  string
-		webhookSecret string
-		proxyImage    string
-		initImage     string
+		metricsAddr       string
+		metricsSecure     bool
+		probeAddr         string
+		leaderElect       bool
+		leaderElectNS     string
+		identityMesh      string
+		identityAddr      string
+		clusterDomain     string
+		injection         bool
+		webhookPort       int
+		webhookDir        string
+		webhookSvc        string
+		webhookSvcNS      string
+		webhookSecret     string
+		webhookCertCreate bool
+		proxyImage        string
+		initImage         string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "Address of the metrics endpoint; \"0\" disables it.")
 	flag.BoolVar(&metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, authenticated and authorized through the API server.")
@@ -73,6 +74,7 @@ func main() {
 	flag.StringVar(&webhookSvc, "webhook-service", "trellis-webhook", "Service in front of the webhook server.")
 	flag.StringVar(&webhookSvcNS, "webhook-service-namespace", envOr("POD_NAMESPACE", "trellis-system"), "Namespace of the webhook Service and its certificate Secret.")
 	flag.StringVar(&webhookSecret, "webhook-cert-secret", "trellis-webhook-cert", "cert-manager's Secret of the webhook certificate; its ca.crt becomes the caBundle.")
+	flag.BoolVar(&webhookCertCreate, "create-webhook-certificate", true, "At start, create a self-signed cert-manager Issuer and the webhook's Certificate (writing --webhook-cert-secret) unless a Certificate already writes that Secret (an OLM install has none).")
 	flag.StringVar(&proxyImage, "proxy-image", "trellis.io/proxy:dev", "Proxy image injected into meshed pods (a Mesh's spec.proxy.image overrides it).")
 	flag.StringVar(&initImage, "proxy-init-image", "trellis.io/proxy-init:dev", "proxy-init image injected into meshed pods.")
 	zapOpts := zap.Options{}
@@ -135,6 +137,15 @@ func main() {
 		injector := inject.NewWebhook(mgr.GetClient(), inject.ClientMeshLookup{Reader: mgr.GetClient()}, images, scheme)
 		runner.Server.Register(inject.WebhookPath, &webhook.Admission{Handler: injector})
 		utilruntime.Must(mgr.Add(runner))
+		if webhookCertCreate && certManager {
+			utilruntime.Must(mgr.Add(&controllers.WebhookCertificate{
+				Client:        mgr.GetClient(),
+				Service:       types.NamespacedName{Namespace: webhookSvcNS, Name: webhookSvc},
+				SecretName:    webhookSecret,
+				ClusterDomain: clusterDomain,
+				Log:           ctrl.Log.WithName("webhook-certificate"),
+			}))
+		}
 		reconciler.Injection = controllers.Injection{
 			Enabled:       true,
 			Service:       types.NamespacedName{Namespace: webhookSvcNS, Name: webhookSvc},

@@ -51,9 +51,9 @@ var standaloneKinds = map[schema.GroupKind]bool{
 var dropped = map[schema.GroupKind]string{
 	{Kind: "Namespace"}: "OLM installs into the namespace of the OperatorGroup (suggested: trellis-system)",
 	{Group: "cert-manager.io", Kind: "Issuer"}: "cert-manager objects cannot be in a bundle; " +
-		"the webhook certificate must be created after install (docs/olm.md)",
+		"the manager requests the webhook certificate itself at start (docs/olm.md)",
 	{Group: "cert-manager.io", Kind: "Certificate"}: "cert-manager objects cannot be in a bundle; " +
-		"the webhook certificate must be created after install (docs/olm.md)",
+		"the manager requests the webhook certificate itself at start (docs/olm.md)",
 }
 
 func classify(objs []*unstructured.Unstructured) (*input, error) {
