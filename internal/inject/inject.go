@@ -147,7 +147,7 @@ func InjectPodSpec(meta *metav1.ObjectMeta, spec *corev1.PodSpec, p Params) (cha
 		return false, err
 	}
 	if p.NodeProxy {
-		annotateNodeProxy(meta, p, probesOf(spec, p.OpaquePorts))
+		annotateNodeProxy(meta, p, probesOf(spec, p.OpaquePorts.Union(p.MeshOpaquePorts)))
 		spec.InitContainers = append([]corev1.Container{initContainer(p), awaitContainer(p)}, spec.InitContainers...)
 		return true, nil
 	}
@@ -155,7 +155,7 @@ func InjectPodSpec(meta *metav1.ObjectMeta, spec *corev1.PodSpec, p Params) (cha
 	if len(spec.Containers) > 0 {
 		firstApp = spec.Containers[0].Name
 	}
-	proxy := proxyContainer(p, probesOf(spec, p.OpaquePorts))
+	proxy := proxyContainer(p, probesOf(spec, p.OpaquePorts.Union(p.MeshOpaquePorts)))
 	if p.NativeSidecar {
 		proxy.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
 		spec.InitContainers = append([]corev1.Container{initContainer(p), proxy}, spec.InitContainers...)

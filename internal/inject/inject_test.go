@@ -284,7 +284,7 @@ func TestParamsFromMesh(t *testing.T) {
 		},
 		LogLevel: "warn", OutboundPort: 15001, InboundPort: 15006, AdminPort: 15020,
 		SkipInboundPorts: PortsOf([]int32{9100}), SkipOutboundPorts: PortsOf([]int32{443, 5432}),
-		OpaquePorts: PortsOf([]int32{5432}), IgnoredCIDRs: []string{"169.254.169.254/32", "fd00::/8"},
+		OpaquePorts: PortsOf([]int32{5432}), MeshOpaquePorts: PortsOf([]int32{5432}), IgnoredCIDRs: []string{"169.254.169.254/32", "fd00::/8"},
 		NativeSidecar: true, TrustDomain: "prod.example.com",
 		IdentityAddr: "trellis-identity.mesh-system.svc:8080", IdentityServerName: "trellis-identity.mesh-system.svc",
 		ProxyUID: 2102,

@@ -72,6 +72,10 @@ type Params struct {
 	// OpaquePorts are proxied as opaque TCP, without protocol detection. Default: DefaultOpaquePorts;
 	// config.trellis.io/opaque-ports replaces them.
 	OpaquePorts Ports
+	// MeshOpaquePorts are the Mesh's spec.proxy.opaquePorts, which the rendered configuration gives every proxy
+	// whatever a pod's annotation says; an HTTP probe of one of them, like one of OpaquePorts, is allowed by port.
+	// Default: none.
+	MeshOpaquePorts Ports
 	// IgnoredCIDRs are destination networks whose outbound traffic bypasses the proxy. Default: none.
 	IgnoredCIDRs []string
 	// NativeSidecar runs the proxy as an init container with restartPolicy Always (Kubernetes 1.29 and later);
@@ -115,6 +119,7 @@ func ParamsFromMesh(mesh *meshv1alpha1.Mesh, images Images) Params {
 		SkipInboundPorts:   PortsOf(proxy.SkipInboundPorts),
 		SkipOutboundPorts:  PortsOf(proxy.SkipOutboundPorts),
 		OpaquePorts:        PortsOf(proxy.OpaquePorts),
+		MeshOpaquePorts:    PortsOf(proxy.OpaquePorts),
 		IgnoredCIDRs:       append([]string(nil), proxy.IgnoredCIDRs...),
 		NativeSidecar:      proxy.NativeSidecar == nil || *proxy.NativeSidecar,
 		TrustDomain:        mesh.Spec.TrustDomain,

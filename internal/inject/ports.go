@@ -86,6 +86,11 @@ func (ps Ports) normalize() Ports {
 	return out
 }
 
+// Union returns the ports of ps and o.
+func (ps Ports) Union(o Ports) Ports {
+	return append(append(Ports(nil), ps...), o...).normalize()
+}
+
 // Contains reports whether port is in the set.
 func (ps Ports) Contains(port int32) bool {
 	for _, r := range ps {

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
@@ -58,5 +59,37 @@ func TestProbesOf(t *testing.T) {
 				t.Errorf("paths %q, ports %q; want %q, %q", got.Paths, got.Ports, tc.paths, tc.ports)
 			}
 		})
+	}
+}
+
+// TestProbeOfMeshOpaquePort checks that a port the Mesh lists as opaque counts by port even when the pod's annotation
+// leaves it out: the rendered configuration still makes the proxy relay it as bytes.
+func TestProbeOfMeshOpaquePort(t *testing.T) {
+	p := DefaultParams(Images{Proxy: "p", ProxyInit: "i"})
+	p.MeshOpaquePorts = PortsOf([]int32{7000})
+	p.OpaquePorts = PortsOf([]int32{25}) // config.trellis.io/opaque-ports: "25"
+	spec := &corev1.PodSpec{Containers: []corev1.Container{{Name: "app",
+		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromInt32(7000), Path: "/healthz"}}},
+		LivenessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromInt32(8080), Path: "/healthz"}}},
+	}}}
+	meta := &metav1.ObjectMeta{Name: "web"}
+	if _, err := InjectPodSpec(meta, spec, p); err != nil {
+		t.Fatal(err)
+	}
+	var proxy *corev1.Container
+	for i := range spec.InitContainers {
+		if spec.InitContainers[i].Name == ProxyContainerName {
+			proxy = &spec.InitContainers[i]
+		}
+	}
+	if proxy == nil {
+		t.Fatal("no proxy container")
+	}
+	env := map[string]string{}
+	for _, e := range proxy.Env {
+		env[e.Name] = e.Value
+	}
+	if env[EnvInboundProbePorts] != "7000" || env[EnvInboundProbePaths] != "8080:/healthz" {
+		t.Errorf("probe ports %q, paths %q; want 7000 and 8080:/healthz", env[EnvInboundProbePorts], env[EnvInboundProbePaths])
 	}
 }
