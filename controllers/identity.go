@@ -85,10 +85,17 @@ func (r *MeshReconciler) reconcileIdentity(ctx context.Context, s *meshScope) er
 	}
 
 	reason, message, ok := r.identityChain(ctx, m, len(anchors) > 0)
-	setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionIdentityReady, ok, reason, message)
 	if !ok {
 		s.requeueAfter(identityRetry)
+	} else if r.IdentityMesh != "" && m.Name != r.IdentityMesh {
+		// Waiting helps nothing here: only a restart of the manager with another flag changes it.
+		ok, reason = false, meshv1alpha1.ReasonIdentityServiceElsewhere
+		message = fmt.Sprintf("The certificate chain is ready, but the manager's identity service issues the workload "+
+			"certificates of Mesh %q only (its --identity-mesh flag), so the proxies of this Mesh cannot obtain any and "+
+			"never become ready. Keep one Mesh per cluster, or restart the manager with --identity-mesh=%s if this Mesh "+
+			"is the one to serve.", r.IdentityMesh, m.Name)
 	}
+	setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionIdentityReady, ok, reason, message)
 	return nil
 }
 

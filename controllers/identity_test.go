@@ -295,3 +295,17 @@ func newMapper() (meta.RESTMapper, error) {
 	}
 	return apiutil.NewDynamicRESTMapper(env.Config, httpClient)
 }
+
+// TestMeshWithoutIdentityService checks that a Mesh the manager's identity service does not serve says so instead of
+// reporting Ready: its certificate chain is issued, but its proxies could never obtain a certificate.
+func TestMeshWithoutIdentityService(t *testing.T) {
+	c := startManagerWith(t, func(r *MeshReconciler) { r.IdentityMesh = "served" })
+	namespace(t, c, "elsewhere-app", map[string]string{"elsewhere": "yes"})
+	mesh := createMesh(t, c, "elsewhere", map[string]string{"elsewhere": "yes"})
+	m := meshCondition(t, c, mesh.Name, meshv1alpha1.ConditionIdentityReady, metav1.ConditionFalse, meshv1alpha1.ReasonIdentityServiceElsewhere)
+	msg := meta.FindStatusCondition(m.Status.Conditions, meshv1alpha1.ConditionIdentityReady).Message
+	if !strings.Contains(msg, `Mesh "served" only`) || !strings.Contains(msg, "--identity-mesh=elsewhere") {
+		t.Errorf("message not actionable: %q", msg)
+	}
+	meshCondition(t, c, mesh.Name, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonIdentityServiceElsewhere)
+}

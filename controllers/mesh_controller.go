@@ -62,6 +62,10 @@ type MeshReconciler struct {
 	// ProxyImage is the proxy image the manager was started with (its --proxy-image flag): the node proxy's image
 	// in DaemonSet mode unless the Mesh names its own (spec.proxy.image).
 	ProxyImage string
+	// IdentityMesh names the Mesh whose certificates the manager's identity service issues (its --identity-mesh
+	// flag). Any other Mesh reports IdentityReady=False (IdentityServiceElsewhere): its proxies could never become
+	// ready. Default "": no identity service in this manager, no such check.
+	IdentityMesh string
 
 	applier *applier
 }

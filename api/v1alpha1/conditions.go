@@ -61,4 +61,7 @@ const (
 	ReasonWebhookCertMissing = "WebhookCertMissing"
 	// ReasonApplyFailed: the manager could not write an object it renders; the message has the API error.
 	ReasonApplyFailed = "ApplyFailed"
+	// ReasonIdentityServiceElsewhere (IdentityReady, Ready): the manager's identity service issues the certificates of
+	// another Mesh (its --identity-mesh flag), so this Mesh's proxies cannot obtain any.
+	ReasonIdentityServiceElsewhere = "IdentityServiceElsewhere"
 )

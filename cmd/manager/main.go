@@ -127,6 +127,9 @@ func main() {
 		Client: mgr.GetClient(), CertManagerInstalled: certManager, ClusterDomain: clusterDomain,
 		GatewayAPIInstalled: controllers.GatewayAPIServed(mgr.GetRESTMapper()), ProxyImage: proxyImage,
 	}
+	if identityAddr != "" {
+		reconciler.IdentityMesh = identityMesh
+	}
 	if injection {
 		runner := &controllers.WebhookRunner{
 			Server:  webhook.NewServer(webhook.Options{Port: webhookPort, CertDir: webhookDir}),
