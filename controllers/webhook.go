@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -26,6 +27,10 @@ type Injection struct {
 	CASecret types.NamespacedName
 	// ServerStarted reports whether the webhook server serves (the webhook server's StartedChecker).
 	ServerStarted func(*http.Request) error
+	// ServedCA returns the CA (PEM) of the certificate the webhook server serves now (WebhookRunner.ServedCA): when
+	// cert-manager renews the certificate the Secret changes at once and the server's mounted files only at the
+	// kubelet's next sync, so the caBundle holds both until they agree. Nil: the Secret's CA only.
+	ServedCA func() []byte
 }
 
 // reconcileWebhook registers the mesh's injector and sets WebhookReady.
@@ -49,6 +54,9 @@ func (r *MeshReconciler) reconcileWebhook(ctx context.Context, s *meshScope) err
 		s.requeueAfter(webhookRetry)
 		return nil
 	}
+	if inj.ServedCA != nil {
+		ca = caBundle(ca, inj.ServedCA())
+	}
 	excluded := []string{m.Spec.ControlPlaneNamespace, inj.Service.Namespace}
 	s.desired = append(s.desired, render.InjectorWebhook(m, inj.Service, ca, excluded))
 	s.prunable = append(s.prunable, pruneScope{mutatingWebhookGVK, render.ComponentInjector})
@@ -63,6 +71,22 @@ func (r *MeshReconciler) reconcileWebhook(ctx context.Context, s *meshScope) err
 	setCondition(&m.Status.Conditions, m.Generation, meshv1alpha1.ConditionWebhookReady, true, meshv1alpha1.ReasonReady,
 		fmt.Sprintf("Pods created in the mesh's namespaces get a proxy from %s%s", inj.Service, render.InjectPath))
 	return nil
+}
+
+// caBundle returns the certificates of the Secret's CA followed by those of the served CA that differ, as PEM; the
+// Secret's bytes unchanged when the two agree.
+func caBundle(secretCA, servedCA []byte) []byte {
+	current := decodePEMCerts(secretCA)
+	extra := false
+	for _, c := range decodePEMCerts(servedCA) {
+		if !slices.ContainsFunc(current, c.Equal) {
+			current, extra = append(current, c), true
+		}
+	}
+	if !extra {
+		return secretCA
+	}
+	return []byte(render.EncodePEM(current))
 }
 
 // webhookRetry is how soon a mesh waiting for its injector is looked at again: the manager caches no Secrets, so

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"bytes"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	meshv1alpha1 "github.com/trellis-mesh/trellis/api/v1alpha1"
+	"github.com/trellis-mesh/trellis/internal/identity/identitytest"
 	"github.com/trellis-mesh/trellis/internal/render"
 )
 
@@ -109,4 +111,22 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestCABundleCoversTheServedCertificate checks the caBundle while cert-manager renews the webhook certificate: the
+// Secret's new CA and the CA of the files the server still serves are both trusted; once they agree, the bundle is the
+// Secret's bytes.
+func TestCABundleCoversTheServedCertificate(t *testing.T) {
+	pemOf := func(ca *identitytest.CA) []byte { return []byte(render.EncodePEM([]*x509.Certificate{ca.Cert})) }
+	renewed, served := pemOf(identitytest.NewRoot(t, "renewed")), pemOf(identitytest.NewRoot(t, "served"))
+	if got := caBundle(renewed, renewed); !bytes.Equal(got, renewed) {
+		t.Errorf("same CA: bundle %q, want the Secret's bytes", got)
+	}
+	if got := caBundle(renewed, nil); !bytes.Equal(got, renewed) {
+		t.Errorf("no served CA: bundle %q, want the Secret's bytes", got)
+	}
+	got := decodePEMCerts(caBundle(renewed, served))
+	if len(got) != 2 || got[0].Subject.CommonName != "renewed" || got[1].Subject.CommonName != "served" {
+		t.Errorf("renewal under way: bundle of %d certificates, want the renewed CA then the served one", len(got))
+	}
 }

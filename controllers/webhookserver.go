@@ -57,6 +57,15 @@ func (w *WebhookRunner) StartedChecker(req *http.Request) error {
 	return w.Server.StartedChecker()(req)
 }
 
+// ServedCA returns the ca.crt of the certificate files the server was given (the mounted Secret), or nil.
+func (w *WebhookRunner) ServedCA() []byte {
+	b, err := os.ReadFile(filepath.Join(w.CertDir, "ca.crt"))
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil

@@ -154,6 +154,7 @@ func main() {
 			Service:       types.NamespacedName{Namespace: webhookSvcNS, Name: webhookSvc},
 			CASecret:      types.NamespacedName{Namespace: webhookSvcNS, Name: webhookSecret},
 			ServerStarted: runner.StartedChecker,
+			ServedCA:      runner.ServedCA,
 		}
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {

@@ -3,25 +3,25 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"testing"
 	"time"
 
 	cmv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/trellis-mesh/trellis/test/e2e/framework"
 )
 
 // TestManagerRequestsTheWebhookCertificate installs the way OLM does as far as the injector's certificate goes: no
 // cert-manager Issuer, Certificate or Secret for it. The restarted manager requests the certificate itself,
-// cert-manager issues it, the kubelet mounts it, the Mesh reports WebhookReady again and new pods are injected.
+// cert-manager issues it, the kubelet mounts it, and new pods are injected again, by a webhook configuration that
+// trusts that certificate.
 func TestManagerRequestsTheWebhookCertificate(t *testing.T) {
 	ctx := context.Background()
 	ensureMesh(ctx, t)
@@ -57,32 +57,57 @@ func TestManagerRequestsTheWebhookCertificate(t *testing.T) {
 	if cert.Labels["app.kubernetes.io/part-of"] != "trellis" || cert.Spec.IssuerRef.Name != secret+"-selfsigned" {
 		t.Errorf("the webhook Certificate is not the manager's: labels %v, issuer %s", cert.Labels, cert.Spec.IssuerRef.Name)
 	}
-	mesh := &unstructured.Unstructured{}
-	mesh.SetGroupVersionKind(schema.GroupVersionKind{Group: "mesh.trellis.io", Version: "v1alpha1", Kind: "Mesh"})
-	mesh.SetName("default")
-	// Ready again since the restart: the condition turned True after it (the new manager reports False until its
-	// webhook server serves).
-	if err := env.WaitFor(ctx, 4*time.Minute, "the Mesh WebhookReady again", func(ctx context.Context) (bool, error) {
-		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(mesh), mesh); err != nil {
+	// Only the new manager is left: a pod injected now was injected by its webhook server, with the certificate it
+	// requested (the old one, still terminating, could have served the old certificate until it stopped).
+	if err := env.WaitFor(ctx, 2*time.Minute, "the old manager pod to go", func(ctx context.Context) (bool, error) {
+		var d appsv1.Deployment
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: in.Namespace, Name: in.Deployment}, &d); err != nil {
 			return false, err
 		}
-		c, ok := framework.Condition(mesh, "WebhookReady")
-		if !ok || c["status"] != "True" {
-			return false, nil
+		var pods corev1.PodList
+		if err := env.Client.List(ctx, &pods, client.InNamespace(in.Namespace), client.MatchingLabels(d.Spec.Selector.MatchLabels)); err != nil {
+			return false, err
 		}
-		at, err := time.Parse(time.RFC3339, fmt.Sprint(c["lastTransitionTime"]))
-		return err == nil && !at.Before(start.Truncate(time.Second)), nil
+		return len(pods.Items) == 1 && pods.Items[0].DeletionTimestamp == nil && !pods.Items[0].CreationTimestamp.Time.Before(start.Truncate(time.Second)), nil
 	}); err != nil {
-		t.Fatalf("%v (conditions: %v)", err, framework.Conditions(mesh))
+		t.Fatal(err)
 	}
-	t.Logf("the injector serves again %v after the manager's restart (the kubelet mounts a Secret created later at its next sync)",
-		time.Since(start).Round(time.Second))
-
 	ns := env.Namespace(t, "whcert", map[string]string{"trellis.io/inject": "enabled"})
-	deployEcho(ctx, t, ns, "echo", 1)
-	for _, p := range podsOf(ctx, t, ns, "echo") {
-		if !injected(&p) {
-			t.Errorf("pod %s was not injected with the manager's webhook certificate", p.Name)
+	// The injector fails open (failurePolicy Ignore): until its server serves, pods start without a proxy. Create
+	// pods until one is injected; the kubelet mounts a Secret created after the manager started at its next sync.
+	var injectedAfter time.Duration
+	for attempt := 0; ; attempt++ {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("probe-%d", attempt)},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: echoImage, ImagePullPolicy: corev1.PullIfNotPresent}}}}
+		if err := env.Client.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		if injected(pod) {
+			injectedAfter = time.Since(start)
+			break
+		}
+		_ = env.Client.Delete(ctx, pod)
+		if time.Since(start) > 4*time.Minute {
+			t.Fatal("no pod was injected within 4 minutes of the manager's restart")
+		}
+		time.Sleep(2 * time.Second)
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfigurationList
+	if err := env.Client.List(ctx, &mwc); err != nil {
+		t.Fatal(err)
+	}
+	var issued corev1.Secret
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: in.Namespace, Name: secret}, &issued); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range mwc.Items {
+		for _, w := range c.Webhooks {
+			if w.ClientConfig.Service != nil && w.ClientConfig.Service.Namespace == in.Namespace &&
+				!bytes.Contains(w.ClientConfig.CABundle, bytes.TrimSpace(issued.Data["ca.crt"])) {
+				t.Errorf("webhook %s/%s does not trust the manager's certificate", c.Name, w.Name)
+			}
 		}
 	}
+	t.Logf("pods are injected again %v after the manager's restart (the kubelet mounts a Secret created later at its next sync)",
+		injectedAfter.Round(time.Second))
 }
