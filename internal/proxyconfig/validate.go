@@ -153,12 +153,7 @@ func validateBackends(s *Service, sp *field.Path) field.ErrorList {
 	for j := range s.Backends {
 		b := &s.Backends[j]
 		bp := sp.Child("backends").Index(j)
-		if b.Name == "" {
-			errs = append(errs, field.Required(bp.Child("name"), ""))
-		} else if names[b.Name] {
-			errs = append(errs, field.Duplicate(bp.Child("name"), b.Name))
-		}
-		names[b.Name] = true
+		errs = append(errs, uniqueName(names, b.Name, bp.Child("name"))...)
 		errs = append(errs, validateWeight(b.Weight, bp.Child("weight"))...)
 		for k := range b.Endpoints {
 			errs = append(errs, validateEndpoint(&b.Endpoints[k], bp.Child("endpoints").Index(k))...)
@@ -189,12 +184,7 @@ func validateRoutes(s *Service, p *field.Path) field.ErrorList {
 	for i := range s.Routes {
 		r := &s.Routes[i]
 		rp := p.Index(i)
-		if r.Name == "" {
-			errs = append(errs, field.Required(rp.Child("name"), ""))
-		} else if names[r.Name] {
-			errs = append(errs, field.Duplicate(rp.Child("name"), r.Name))
-		}
-		names[r.Name] = true
+		errs = append(errs, uniqueName(names, r.Name, rp.Child("name"))...)
 		for j := range r.Matches {
 			errs = append(errs, validateMatch(&r.Matches[j], rp.Child("matches").Index(j))...)
 		}
@@ -342,12 +332,7 @@ func validateInbound(in *Inbound, p *field.Path) field.ErrorList {
 	for i := range in.Workloads {
 		w := &in.Workloads[i]
 		wp := p.Child("workloads").Index(i)
-		if w.Name == "" {
-			errs = append(errs, field.Required(wp.Child("name"), ""))
-		} else if names[w.Name] {
-			errs = append(errs, field.Duplicate(wp.Child("name"), w.Name))
-		}
-		names[w.Name] = true
+		errs = append(errs, uniqueName(names, w.Name, wp.Child("name"))...)
 		errs = append(errs, validateName(w.Namespace, wp.Child("namespace"))...)
 		for j, r := range w.MatchExpressions {
 			rp := wp.Child("matchExpressions").Index(j)
@@ -405,12 +390,7 @@ func validateInboundRoutes(routes []InboundRoute, p *field.Path) field.ErrorList
 	for j := range routes {
 		r := &routes[j]
 		rp := p.Index(j)
-		if r.Name == "" {
-			errs = append(errs, field.Required(rp.Child("name"), ""))
-		} else if names[r.Name] {
-			errs = append(errs, field.Duplicate(rp.Child("name"), r.Name))
-		}
-		names[r.Name] = true
+		errs = append(errs, uniqueName(names, r.Name, rp.Child("name"))...)
 		for k := range r.Matches {
 			errs = append(errs, validateMatch(&r.Matches[k], rp.Child("matches").Index(k))...)
 		}
@@ -543,4 +523,16 @@ func ptrString[T any](p *T) string {
 		return "<unset>"
 	}
 	return fmt.Sprint(*p)
+}
+
+// uniqueName checks a required name that must be unique among those seen (recorded in names).
+func uniqueName(names map[string]bool, name string, p *field.Path) field.ErrorList {
+	if name == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	if names[name] {
+		return field.ErrorList{field.Duplicate(p, name)}
+	}
+	names[name] = true
+	return nil
 }
