@@ -167,32 +167,7 @@ func (e *env) startHelper(ns, mode, arg string) {
 // cluster IP, outbound TCP to an unknown destination with half-close, inbound HTTP to the workload, that a direct
 // connection to the proxy's port is refused as a loop, and that the proxy's metrics saw each hop.
 func TestTransparentInterception(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI runs as root; this test needs it")
-		}
-		t.Skip("needs root to create network namespaces and redirect rules")
-	}
-	for _, tool := range []string{"ip", "setpriv", "curl"} {
-		need(t, tool)
-	}
-	goBin := need(t, "go")
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Binaries must be reachable by the proxy's UID.
-	dir, err := os.MkdirTemp("", "trellis-dataplane-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	_ = os.Chmod(dir, 0o755)
-	proxyBin := filepath.Join(dir, "proxy")
-	build := exec.Command(goBin, "build", "-o", proxyBin, "github.com/trellis-mesh/trellis/cmd/proxy")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the proxy: %v\n%s", err, out)
-	}
+	self, dir, proxyBin := setupRoot(t, "trellis-dataplane-")
 
 	suffix := fmt.Sprintf("%d%03d", os.Getpid()%10000, rand.IntN(1000))
 	e := &env{t: t, pod: "tdp-pod-" + suffix, peer: "tdp-peer-" + suffix, self: self}
@@ -378,4 +353,37 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// setupRoot skips (or, in CI, fails) a test that is not root, checks the commands the tests run, and builds the proxy
+// binary into a new folder (prefix) that the proxy's UID can read. It returns this test binary, the folder and the
+// proxy binary.
+func setupRoot(t *testing.T, prefix string) (self, dir, proxyBin string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI runs as root; this test needs it")
+		}
+		t.Skip("needs root to create network namespaces and redirect rules")
+	}
+	for _, tool := range []string{"ip", "setpriv", "curl"} {
+		need(t, tool)
+	}
+	goBin := need(t, "go")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err = os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	_ = os.Chmod(dir, 0o755)
+	proxyBin = filepath.Join(dir, "proxy")
+	build := exec.Command(goBin, "build", "-o", proxyBin, "github.com/trellis-mesh/trellis/cmd/proxy")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the proxy: %v\n%s", err, out)
+	}
+	return self, dir, proxyBin
 }

@@ -144,30 +144,7 @@ func writePKI(t *testing.T, dir string, serviceAccounts ...string) (bundle strin
 // that the server's proxy sees the client's identity, that a plaintext client is refused by the all-authenticated
 // policy while the probe path stays open (and the rest of its port does not), and that both proxies stop cleanly.
 func TestMeshInterception(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI runs as root; this test needs it")
-		}
-		t.Skip("needs root to create network namespaces and iptables rules")
-	}
-	for _, tool := range []string{"ip", "setpriv", "curl"} {
-		need(t, tool)
-	}
-	goBin := need(t, "go")
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "trellis-dataplane-mesh-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	_ = os.Chmod(dir, 0o755)
-	proxyBin := filepath.Join(dir, "proxy")
-	if out, err := exec.Command(goBin, "build", "-o", proxyBin, "github.com/trellis-mesh/trellis/cmd/proxy").CombinedOutput(); err != nil {
-		t.Fatalf("building the proxy: %v\n%s", err, out)
-	}
+	self, dir, proxyBin := setupRoot(t, "trellis-dataplane-mesh-")
 	pkiDir := filepath.Join(dir, "pki")
 	if err := os.Mkdir(pkiDir, 0o755); err != nil {
 		t.Fatal(err)
