@@ -37,18 +37,23 @@ func scaleManager(ctx context.Context, t *testing.T, replicas int32) {
 		return
 	}
 	if err := env.WaitFor(ctx, 2*time.Minute, "the manager's pods to go", func(ctx context.Context) (bool, error) {
-		var d appsv1.Deployment
-		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: in.Namespace, Name: in.Deployment}, &d); err != nil {
-			return false, err
-		}
-		var pods corev1.PodList
-		if err := env.Client.List(ctx, &pods, client.InNamespace(in.Namespace), client.MatchingLabels(d.Spec.Selector.MatchLabels)); err != nil {
-			return false, err
-		}
-		return len(pods.Items) == 0, nil
+		pods, err := managerPods(ctx)
+		return len(pods) == 0, err
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// managerPods lists the pods of the manager Deployment, terminating ones included.
+func managerPods(ctx context.Context) ([]corev1.Pod, error) {
+	in := env.Trellis
+	var d appsv1.Deployment
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: in.Namespace, Name: in.Deployment}, &d); err != nil {
+		return nil, err
+	}
+	var pods corev1.PodList
+	err := env.Client.List(ctx, &pods, client.InNamespace(in.Namespace), client.MatchingLabels(d.Spec.Selector.MatchLabels))
+	return pods.Items, err
 }
 
 // containerStarted reports whether the kubelet has recorded a Started event for a container of a pod.

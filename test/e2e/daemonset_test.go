@@ -147,6 +147,9 @@ func waitNodeProxyConverged(ctx context.Context, t *testing.T, np, ns string) {
 	t.Logf("the node proxy serves %s with the rendered configuration %v after the rollout", ns, time.Since(start).Round(100*time.Millisecond))
 }
 
+// shopWebURL is the URL test/apps/shop/load-job.yaml requests: web in the Job's own namespace.
+const shopWebURL = "http://web:8080/"
+
 // runLoadTo runs the shop's load Job in ns against url and waits for it to complete.
 func runLoadTo(ctx context.Context, t *testing.T, ns, name, url string) {
 	t.Helper()
@@ -155,7 +158,7 @@ func runLoadTo(ctx context.Context, t *testing.T, ns, name, url string) {
 		t.Fatal(err)
 	}
 	doc := strings.Replace(string(data), "name: shop-load", "name: "+name, 1)
-	doc = strings.Replace(doc, `"http://web:8080/"`, fmt.Sprintf("%q", url), 1)
+	doc = strings.Replace(doc, fmt.Sprintf("%q", shopWebURL), fmt.Sprintf("%q", url), 1)
 	if _, err := env.ApplyYAML(ctx, ns, doc); err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -175,29 +173,10 @@ func deployShop(ctx context.Context, t *testing.T, ns string) {
 	}
 }
 
-// runLoad runs the shop's load Job and waits for it to complete.
+// runLoad runs the shop's load Job in ns against its own web Service and waits for it to complete.
 func runLoad(ctx context.Context, t *testing.T, ns, name string) {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(env.Root, "test", "apps", "shop", "load-job.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := env.ApplyYAML(ctx, ns, strings.Replace(string(data), "name: shop-load", "name: "+name, 1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.WaitFor(ctx, 4*time.Minute, "Job "+name+" to complete", func(ctx context.Context) (bool, error) {
-		var job batchv1.Job
-		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &job); err != nil {
-			return false, err
-		}
-		if job.Status.Failed > 0 {
-			return false, fmt.Errorf("job %s failed", name)
-		}
-		return job.Status.Succeeded > 0, nil
-	}); err != nil {
-		logs, _ := env.Kubectl(ctx, "-n", ns, "logs", "job/"+name, "--all-containers")
-		t.Fatalf("%v\n%s", err, logs)
-	}
+	runLoadTo(ctx, t, ns, name, shopWebURL)
 }
 
 func TestShopIsMeshedWithMTLS(t *testing.T) {

@@ -11,7 +11,6 @@ import (
 
 	cmv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -60,15 +59,9 @@ func TestManagerRequestsTheWebhookCertificate(t *testing.T) {
 	// Only the new manager is left: a pod injected now was injected by its webhook server, with the certificate it
 	// requested (the old one, still terminating, could have served the old certificate until it stopped).
 	if err := env.WaitFor(ctx, 2*time.Minute, "the old manager pod to go", func(ctx context.Context) (bool, error) {
-		var d appsv1.Deployment
-		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: in.Namespace, Name: in.Deployment}, &d); err != nil {
-			return false, err
-		}
-		var pods corev1.PodList
-		if err := env.Client.List(ctx, &pods, client.InNamespace(in.Namespace), client.MatchingLabels(d.Spec.Selector.MatchLabels)); err != nil {
-			return false, err
-		}
-		return len(pods.Items) == 1 && pods.Items[0].DeletionTimestamp == nil && !pods.Items[0].CreationTimestamp.Time.Before(start.Truncate(time.Second)), nil
+		pods, err := managerPods(ctx)
+		return err == nil && len(pods) == 1 && pods[0].DeletionTimestamp == nil &&
+			!pods[0].CreationTimestamp.Time.Before(start.Truncate(time.Second)), err
 	}); err != nil {
 		t.Fatal(err)
 	}
